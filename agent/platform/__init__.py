@@ -1,0 +1,1 @@
+"""The reference platform: registration, the relay socket and the listing, over SQLite."""

@@ -1,0 +1,168 @@
+"""The reference platform's HTTP surface: register, list, retrieve, the relay socket.
+
+Every error is JSON (`ErrorReply`) with a 4xx status and a message naming what was wrong; an
+unexpected exception is logged and answered 500 without taking the worker down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from agent.clock import now_ms
+from agent.models import (
+    ErrorReply,
+    FrameError,
+    ListQuery,
+    ListQueryError,
+    RegisterReply,
+    RegisterRequest,
+    describe_validation_error,
+    parse_platform_frame,
+)
+from agent.platform.keys import hash_key
+from agent.platform.relay import Relay
+from agent.platform.settings import PlatformSettings
+from agent.platform.store import ApiKey, Store, UnknownCursor
+
+log = logging.getLogger("envagent.platform")
+
+SOCKET_PATH = "/v1/listener/ws"
+
+STORE_KEY = web.AppKey("store", Store)
+RELAY_KEY = web.AppKey("relay", Relay)
+SETTINGS_KEY = web.AppKey("settings", PlatformSettings)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """Raised by a handler to answer with `status` and a one-line message."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+
+
+def error_response(status: int, error: str, message: str) -> web.Response:
+    return web.json_response(ErrorReply(error=error, message=message).to_wire(), status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.error, exc.message)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SETTINGS_KEY].max_body_bytes
+        return error_response(413, "too_large", f"request body is over the {limit}-byte limit")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = exc.reason.lower().replace(" ", "_")
+        detail = (exc.text or "").removeprefix(f"{exc.status}: ").replace("\n", " ").strip()
+        return error_response(exc.status, error, f"{request.method} {request.path}: {detail}")
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return error_response(500, "internal", "the platform failed to answer; see its log")
+
+
+def authenticate(request: web.Request) -> ApiKey:
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise ApiError(401, "unauthorized", "missing Authorization: Bearer <api key> header")
+    found = request.app[STORE_KEY].find_key(hash_key(key.strip()))
+    if found is None:
+        raise ApiError(401, "unauthorized", "the API key was not recognised")
+    return found
+
+
+async def register(request: web.Request) -> web.Response:
+    key = authenticate(request)
+    body = await request.read()
+    try:
+        registration = RegisterRequest.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            detail = first["msg"].removeprefix("Invalid JSON: ")
+            raise ApiError(
+                400, "invalid_json", f"request body is not valid JSON: {detail}"
+            ) from None
+        raise ApiError(422, "invalid_body", describe_validation_error(exc)) from None
+    store = request.app[STORE_KEY]
+    settings = request.app[SETTINGS_KEY]
+    row_id, connection_id = store.register(key, registration, now_ms())
+    scheme = "wss" if request.secure else "ws"
+    reply = RegisterReply(
+        connection_id=connection_id,
+        ws_url=f"{scheme}://{request.host}{SOCKET_PATH}?connectionId={connection_id}",
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        environment=store.get(key.organization_id, row_id),
+    )
+    return web.json_response(reply.to_wire(), status=201)
+
+
+async def list_environments(request: web.Request) -> web.Response:
+    key = authenticate(request)
+    try:
+        query = ListQuery.from_query(request.query)
+    except ListQueryError as exc:
+        raise ApiError(400, "invalid_query", str(exc)) from None
+    settings = request.app[SETTINGS_KEY]
+    try:
+        page = request.app[STORE_KEY].list(
+            key.organization_id, query, now_ms(), settings.online_window_ms
+        )
+    except UnknownCursor:
+        raise ApiError(400, "invalid_query", f"after: no row with id {query.after!r}") from None
+    return web.json_response(page.to_wire())
+
+
+async def retrieve_environment(request: web.Request) -> web.Response:
+    key = authenticate(request)
+    device_id = request.match_info["device_id"]
+    row = request.app[STORE_KEY].get_by_device(key.organization_id, device_id)
+    if row is None:
+        raise ApiError(404, "not_found", f"no environment with deviceId {device_id!r}")
+    return web.json_response(row.to_wire())
+
+
+async def send_frame(request: web.Request) -> web.Response:
+    """ext: relay a platform frame (sync, change_device_state, …) to a live connection."""
+    key = authenticate(request)
+    connection_id = request.match_info["connection_id"]
+    try:
+        frame = parse_platform_frame(await request.read())
+    except FrameError as exc:
+        raise ApiError(422, "invalid_body", str(exc)) from None
+    if not await request.app[RELAY_KEY].send(key.organization_id, connection_id, frame):
+        raise ApiError(404, "not_found", f"no live socket for connectionId {connection_id!r}")
+    return web.json_response({"sent": True})
+
+
+async def listener_socket(request: web.Request) -> web.StreamResponse:
+    key = authenticate(request)
+    if not request.query.get("connectionId"):
+        raise ApiError(400, "invalid_query", "connectionId is required")
+    return await request.app[RELAY_KEY].serve(request, key)
+
+
+def build_app(store: Store, settings: PlatformSettings) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes)
+    app[STORE_KEY] = store
+    app[SETTINGS_KEY] = settings
+    app[RELAY_KEY] = Relay(store, settings)
+    app.router.add_post("/v1/environments/register", register)
+    app.router.add_get("/v1/environments", list_environments)
+    app.router.add_get("/v1/environments/{device_id}", retrieve_environment)
+    app.router.add_post("/v1/environments/{connection_id}/frames", send_frame)
+    app.router.add_get(SOCKET_PATH, listener_socket)
+    return app

@@ -1,0 +1,47 @@
+"""API keys: made once, shown once, stored only as a hash.
+
+Keys carry 256 bits of randomness, so a plain SHA-256 is enough to make the stored hash
+useless to a thief; a slow password hash would only slow down every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from pathlib import Path
+
+from agent.clock import now_ms
+from agent.files import write_private
+from agent.platform.store import ApiKey, Store
+
+KEY_PREFIX = "envk_"
+DEV_ORGANIZATION = "org-dev"
+DEV_USER = "user-dev"
+DEV_OWNER = "development key"
+
+log = logging.getLogger("envagent.platform")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(store: Store, owner: ApiKey) -> str:
+    """Store a new key for `owner` and return it: the only time it exists in clear."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    store.add_key(hash_key(key), owner, now_ms())
+    return key
+
+
+def ensure_dev_key(store: Store, path: Path) -> bool:
+    """With no keys at all, make a development key and write it to `path` (0600).
+
+    Returns whether a key was made. The key goes to the file only, never to the log.
+    """
+    if store.has_keys():
+        return False
+    key = create_key(store, ApiKey(DEV_ORGANIZATION, DEV_USER, DEV_OWNER))
+    write_private(path, (key + "\n").encode())
+    log.info("no API keys were configured: wrote a development key to %s", path)
+    return True

@@ -1,0 +1,145 @@
+"""The relay socket: one live WebSocket per environment row, newest wins.
+
+Rules from PROTOCOL.md §3: a socket must present the row's current connection id (else close
+1008); a second socket for the same row closes the older with 1000 `Replaced by new
+connection`; opening counts as the first heartbeat; every `ping` gets a `pong`; a `disconnect`
+frame or a clean close marks the row offline at once. Bad frames are logged and ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from agent.clock import now_ms
+from agent.models import (
+    DisconnectFrame,
+    FrameError,
+    PingFrame,
+    PlatformFrame,
+    PongFrame,
+    UpdateDeviceStatusFrame,
+    parse_daemon_frame,
+)
+from agent.platform.settings import PlatformSettings
+from agent.platform.store import ApiKey, Store
+
+log = logging.getLogger("envagent.platform")
+
+REPLACED_REASON = "Replaced by new connection"
+UNKNOWN_CONNECTION_REASON = "unknown or superseded connectionId: register again"
+SHUTDOWN_REASON = "platform shutting down"
+_PONG = PongFrame().to_json()
+_MAX_CLOSE_REASON = 120  # close reasons must fit in a 125-byte control frame
+
+
+@dataclass(eq=False)
+class LiveSocket:
+    row_id: str
+    connection_id: str
+    ws: web.WebSocketResponse
+    left: bool = False
+
+
+class Relay:
+    def __init__(self, store: Store, settings: PlatformSettings) -> None:
+        self._store = store
+        self._settings = settings
+        self._live: dict[str, LiveSocket] = {}
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    async def serve(self, request: web.Request, key: ApiKey) -> web.WebSocketResponse:
+        """Run one daemon's socket from the upgrade to its end."""
+        connection_id = request.query.get("connectionId", "")
+        device_id = request.query.get("deviceId")
+        name = (request.query.get("connectionName") or "")[:200] or None
+        ws = web.WebSocketResponse(
+            heartbeat=self._settings.transport_ping_s,
+            max_msg_size=self._settings.max_frame_bytes,
+            compress=False,  # a deflate context per socket costs more memory than it saves
+        )
+        await ws.prepare(request)
+        issued = self._store.find_issued(key.organization_id, connection_id)
+        if issued is None or (device_id is not None and device_id != issued.device_id):
+            log.info("refused a socket for connection %r: not current", connection_id[:64])
+            await ws.close(
+                code=WSCloseCode.POLICY_VIOLATION, message=_reason(UNKNOWN_CONNECTION_REASON)
+            )
+            return ws
+        live = LiveSocket(issued.row_id, connection_id, ws)
+        previous = self._live.get(live.row_id)
+        self._live[live.row_id] = live
+        self._store.mark_connected(
+            live.row_id, connection_id, self._settings.pod_id, name, now_ms()
+        )
+        if previous is not None:
+            log.info("row %s: a newer socket replaces the open one", live.row_id)
+            await previous.ws.close(code=WSCloseCode.OK, message=_reason(REPLACED_REASON))
+        try:
+            await self._read(live)
+        finally:
+            # A replaced socket leaves the row to its successor, which may share its id.
+            if self._live.get(live.row_id) is live:
+                del self._live[live.row_id]
+                self._store.mark_disconnected(live.row_id, connection_id, now_ms())
+            how = "left" if live.left or ws.close_code in (1000, 1001) else "lost"
+            log.info("row %s %s (close code %s)", live.row_id, how, ws.close_code)
+        return ws
+
+    async def _read(self, live: LiveSocket) -> None:
+        async for message in live.ws:
+            if message.type == WSMsgType.TEXT:
+                await self._on_frame(live, message.data)
+            elif message.type == WSMsgType.BINARY:
+                log.warning("row %s: ignored a binary frame: frames are JSON text", live.row_id)
+            elif message.type == WSMsgType.ERROR:
+                log.warning("row %s: socket error: %s", live.row_id, live.ws.exception())
+
+    async def _on_frame(self, live: LiveSocket, text: str) -> None:
+        try:
+            frame = parse_daemon_frame(text)
+        except FrameError as exc:
+            log.warning("row %s: ignored a frame: %s", live.row_id, exc)
+            return
+        now = now_ms()
+        if isinstance(frame, PingFrame):
+            self._store.record_heartbeat(live.row_id, live.connection_id, frame.current_mode, now)
+            await live.ws.send_str(_PONG)
+        elif isinstance(frame, UpdateDeviceStatusFrame):
+            self._store.apply_device_status(live.row_id, frame.device_status, now)
+        elif isinstance(frame, DisconnectFrame):
+            live.left = True
+            self._store.mark_disconnected(live.row_id, live.connection_id, now)
+            log.info("row %s is leaving: %s", live.row_id, frame.reason[:200] or "no reason")
+        else:
+            log.info("row %s answered: %s", live.row_id, frame.to_json()[:500])
+
+    async def send(self, organization_id: str, connection_id: str, frame: PlatformFrame) -> bool:
+        """Send `frame` to the live socket holding `connection_id`; False when there is none."""
+        issued = self._store.find_issued(organization_id, connection_id)
+        live = self._live.get(issued.row_id) if issued else None
+        if live is None or live.connection_id != connection_id:
+            return False
+        await live.ws.send_str(frame.to_json())
+        return True
+
+    async def close_all(self) -> None:
+        """Going away (1001): daemons treat it as transient and come back."""
+        sockets = list(self._live.values())
+        await asyncio.gather(
+            *(
+                live.ws.close(code=WSCloseCode.GOING_AWAY, message=_reason(SHUTDOWN_REASON))
+                for live in sockets
+            ),
+            return_exceptions=True,
+        )
+
+
+def _reason(text: str) -> bytes:
+    return text.encode()[:_MAX_CLOSE_REASON]

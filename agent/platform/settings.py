@@ -1,0 +1,41 @@
+"""What the reference platform can be told at start-up."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.paths import platform_state_dir
+
+DEFAULT_PORT = 8283
+ONLINE_WINDOW_MS = 120_000  # the Letta online rule
+
+
+def _default_db() -> Path:
+    return platform_state_dir() / "platform.db"
+
+
+def _pod_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class PlatformSettings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    db: Path = field(default_factory=_default_db)
+    heartbeat_interval_ms: int = 30_000
+    """Assigned to every daemon at registration (`heartbeatIntervalMs`)."""
+    online_window_ms: int = ONLINE_WINDOW_MS
+    transport_ping_s: float = 30.0
+    """WebSocket-level ping period; a socket that misses the pong for half of it is dropped."""
+    max_body_bytes: int = 64 * 1024
+    max_frame_bytes: int = 64 * 1024
+    pod_id: str = field(default_factory=_pod_id)
+
+    @property
+    def dev_key_file(self) -> Path:
+        """Where a development key is written when the database has no keys."""
+        return self.db.with_name(self.db.name + ".dev-api-key")

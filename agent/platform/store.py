@@ -1,0 +1,367 @@
+"""The reference platform's rows and API keys, in SQLite (WAL).
+
+All SQL lives here. Calls are short indexed statements run on the event loop's thread: a
+thread hop would cost more than the statement. WAL with `synchronous=NORMAL` keeps every
+committed row across a crash of the process; only a power loss may drop the last commits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.models import (
+    DeviceStatus,
+    EnvironmentList,
+    EnvironmentRow,
+    ListQuery,
+    Metadata,
+    Mode,
+    RegisterRequest,
+)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_hash        TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL,
+    user_id         TEXT NOT NULL,
+    owner           TEXT,
+    created_at      INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS environments (
+    seq                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                   TEXT NOT NULL UNIQUE,
+    organization_id      TEXT NOT NULL,
+    device_id            TEXT NOT NULL,
+    listener_instance_id TEXT NOT NULL,  -- '' when the daemon sent none
+    user_id              TEXT,
+    api_key_owner        TEXT,
+    connection_name      TEXT NOT NULL,
+    source               TEXT NOT NULL,
+    current_mode         TEXT,
+    metadata             TEXT NOT NULL,  -- JSON, as registered and updated
+    issued_connection_id TEXT,           -- the only id a new socket may use
+    connection_id        TEXT,           -- the live socket's id, NULL when none
+    connected_at         INTEGER,
+    last_heartbeat       INTEGER,
+    pod_id               TEXT,
+    first_seen_at        INTEGER NOT NULL,
+    last_seen_at         INTEGER NOT NULL,
+    UNIQUE (organization_id, device_id, listener_instance_id)
+);
+CREATE INDEX IF NOT EXISTS environments_by_org ON environments (organization_id, seq);
+CREATE INDEX IF NOT EXISTS environments_by_issued ON environments (issued_connection_id);
+"""
+
+_ROW_COLUMNS = (
+    "id, connected_at, connection_id, connection_name, device_id, first_seen_at, "
+    "last_heartbeat, last_seen_at, organization_id, pod_id, api_key_owner, current_mode, "
+    "metadata, user_id"
+)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """Who a key speaks for. The key itself is never stored, only its hash."""
+
+    organization_id: str
+    user_id: str
+    owner: str | None
+
+
+@dataclass(frozen=True)
+class IssuedConnection:
+    row_id: str
+    device_id: str
+
+
+class UnknownCursor(LookupError):
+    """`after` names no row this organization can see."""
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or has a schema this version does not know."""
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # SQLite gives the -wal and -shm files the database's mode: set it before opening.
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            path.chmod(0o600)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise StoreError(f"cannot use the platform database {path}: {exc}") from None
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"schema version {version} is newer than this envagent ({SCHEMA_VERSION})"
+            )
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- API keys ----------------------------------------------------------------------------
+
+    def add_key(self, key_hash: str, key: ApiKey, now: int) -> None:
+        self._db.execute(
+            "INSERT INTO api_keys (key_hash, organization_id, user_id, owner, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (key_hash, key.organization_id, key.user_id, key.owner, now),
+        )
+
+    def find_key(self, key_hash: str) -> ApiKey | None:
+        found = self._db.execute(
+            "SELECT organization_id, user_id, owner FROM api_keys WHERE key_hash = ?",
+            (key_hash,),
+        ).fetchone()
+        return ApiKey(*found) if found else None
+
+    def has_keys(self) -> bool:
+        return self._db.execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
+
+    # --- environments ------------------------------------------------------------------------
+
+    def register(self, key: ApiKey, request: RegisterRequest, now: int) -> tuple[str, str]:
+        """Create or update the row for this identity and issue a new connection id.
+
+        Returns (row id, connection id). The row keeps its id and firstSeenAt; a socket that is
+        still open keeps serving until the new connection's socket replaces it.
+        """
+        connection_id = f"conn-{uuid.uuid4()}"
+        instance = request.listener_instance_id or ""
+        metadata = request.metadata.to_json()
+        source = request.source or "local"
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            found = self._db.execute(
+                "SELECT id FROM environments "
+                "WHERE organization_id = ? AND device_id = ? AND listener_instance_id = ?",
+                (key.organization_id, request.device_id, instance),
+            ).fetchone()
+            if found:
+                row_id = found[0]
+                self._db.execute(
+                    "UPDATE environments SET user_id = ?, api_key_owner = ?, "
+                    "connection_name = ?, source = ?, "
+                    "current_mode = COALESCE(?, current_mode), metadata = ?, "
+                    "issued_connection_id = ?, last_seen_at = ? WHERE id = ?",
+                    (
+                        key.user_id,
+                        key.owner,
+                        request.connection_name,
+                        source,
+                        request.current_mode,
+                        metadata,
+                        connection_id,
+                        now,
+                        row_id,
+                    ),
+                )
+            else:
+                row_id = f"env-{uuid.uuid4()}"
+                self._db.execute(
+                    "INSERT INTO environments (id, organization_id, device_id, "
+                    "listener_instance_id, user_id, api_key_owner, connection_name, source, "
+                    "current_mode, metadata, issued_connection_id, first_seen_at, last_seen_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row_id,
+                        key.organization_id,
+                        request.device_id,
+                        instance,
+                        key.user_id,
+                        key.owner,
+                        request.connection_name,
+                        source,
+                        request.current_mode,
+                        metadata,
+                        connection_id,
+                        now,
+                        now,
+                    ),
+                )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return row_id, connection_id
+
+    def find_issued(self, organization_id: str, connection_id: str) -> IssuedConnection | None:
+        """The row a socket with this connection id may serve, if the id is still current."""
+        found = self._db.execute(
+            "SELECT id, device_id FROM environments "
+            "WHERE issued_connection_id = ? AND organization_id = ?",
+            (connection_id, organization_id),
+        ).fetchone()
+        return IssuedConnection(*found) if found else None
+
+    def mark_connected(
+        self, row_id: str, connection_id: str, pod_id: str, connection_name: str | None, now: int
+    ) -> None:
+        """The socket opening counts as the first heartbeat: online at once."""
+        self._db.execute(
+            "UPDATE environments SET connection_id = ?, connected_at = ?, last_heartbeat = ?, "
+            "last_seen_at = ?, pod_id = ?, connection_name = COALESCE(?, connection_name) "
+            "WHERE id = ?",
+            (connection_id, now, now, now, pod_id, connection_name, row_id),
+        )
+
+    def record_heartbeat(
+        self, row_id: str, connection_id: str, mode: Mode | None, now: int
+    ) -> None:
+        self._db.execute(
+            "UPDATE environments SET last_heartbeat = ?, last_seen_at = ?, "
+            "current_mode = COALESCE(?, current_mode) WHERE id = ? AND connection_id = ?",
+            (now, now, mode, row_id, connection_id),
+        )
+
+    def apply_device_status(self, row_id: str, status: DeviceStatus, now: int) -> None:
+        """Fold what `update_device_status` reported into the row's metadata and mode."""
+        found = self._db.execute(
+            "SELECT metadata FROM environments WHERE id = ?", (row_id,)
+        ).fetchone()
+        if not found:
+            return
+        metadata: dict[str, Any] = json.loads(found[0])
+        given = status.model_fields_set
+        if "current_working_directory" in given:
+            metadata["workingDirectory"] = status.current_working_directory
+        if "git_context" in given:
+            metadata["gitBranch"] = status.git_context.branch if status.git_context else None
+        if "letta_code_version" in given:
+            metadata["lettaCodeVersion"] = status.letta_code_version
+        if "supported_commands" in given:
+            metadata["supported_commands"] = status.supported_commands
+        self._db.execute(
+            "UPDATE environments SET metadata = ?, last_seen_at = ?, "
+            "current_mode = COALESCE(?, current_mode), "
+            "connection_name = COALESCE(?, connection_name) WHERE id = ?",
+            (
+                json.dumps(metadata, separators=(",", ":")),
+                now,
+                status.current_permission_mode,
+                status.connection_name or None,
+                row_id,
+            ),
+        )
+
+    def mark_disconnected(self, row_id: str, connection_id: str, now: int) -> bool:
+        """Offline at once; a no-op when a newer socket already holds the row."""
+        cursor = self._db.execute(
+            "UPDATE environments SET connection_id = NULL, connected_at = NULL, pod_id = NULL, "
+            "last_seen_at = ? WHERE id = ? AND connection_id = ?",
+            (now, row_id, connection_id),
+        )
+        return cursor.rowcount > 0
+
+    def clear_connections(self) -> int:
+        """At start-up no socket is open, whatever the rows say after a crash."""
+        cursor = self._db.execute(
+            "UPDATE environments SET connection_id = NULL, connected_at = NULL, pod_id = NULL "
+            "WHERE connection_id IS NOT NULL OR pod_id IS NOT NULL"
+        )
+        return cursor.rowcount
+
+    def get(self, organization_id: str, row_id: str) -> EnvironmentRow | None:
+        found = self._db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM environments WHERE id = ? AND organization_id = ?",  # noqa: S608
+            (row_id, organization_id),
+        ).fetchone()
+        return _to_row(found) if found else None
+
+    def get_by_device(self, organization_id: str, device_id: str) -> EnvironmentRow | None:
+        """The row of this device; the one without a listener instance id comes first."""
+        found = self._db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM environments "  # noqa: S608
+            "WHERE organization_id = ? AND device_id = ? ORDER BY listener_instance_id, seq "
+            "LIMIT 1",
+            (organization_id, device_id),
+        ).fetchone()
+        return _to_row(found) if found else None
+
+    def list(
+        self, organization_id: str, query: ListQuery, now: int, online_window_ms: int
+    ) -> EnvironmentList:
+        """One page in creation order, which no heartbeat changes, so paging is exact."""
+        where = ["organization_id = ?"]
+        params: list[Any] = [organization_id]
+        if query.after is not None:
+            found = self._db.execute(
+                "SELECT seq FROM environments WHERE id = ? AND organization_id = ?",
+                (query.after, organization_id),
+            ).fetchone()
+            if not found:
+                raise UnknownCursor(query.after)
+            where.append("seq > ?")
+            params.append(found[0])
+        if query.user_id is not None:
+            where.append("user_id = ?")
+            params.append(query.user_id)
+        if query.source is not None:
+            where.append("source = ?")
+            params.append(query.source)
+        if query.online_only:
+            where.append("connection_id IS NOT NULL AND last_heartbeat > ?")
+            params.append(now - online_window_ms)
+        params.append(query.limit + 1)
+        rows = self._db.execute(
+            f"SELECT {_ROW_COLUMNS} FROM environments WHERE {' AND '.join(where)} "  # noqa: S608
+            "ORDER BY seq LIMIT ?",
+            params,
+        ).fetchall()
+        return EnvironmentList(
+            connections=[_to_row(row) for row in rows[: query.limit]],
+            has_next_page=len(rows) > query.limit,
+        )
+
+
+def _to_row(values: tuple[Any, ...]) -> EnvironmentRow:
+    (
+        row_id,
+        connected_at,
+        connection_id,
+        connection_name,
+        device_id,
+        first_seen_at,
+        last_heartbeat,
+        last_seen_at,
+        organization_id,
+        pod_id,
+        api_key_owner,
+        current_mode,
+        metadata,
+        user_id,
+    ) = values
+    return EnvironmentRow(
+        id=row_id,
+        connected_at=connected_at,
+        connection_id=connection_id,
+        connection_name=connection_name,
+        device_id=device_id,
+        first_seen_at=first_seen_at,
+        last_heartbeat=last_heartbeat,
+        last_seen_at=last_seen_at,
+        organization_id=organization_id,
+        pod_id=pod_id,
+        api_key_owner=api_key_owner,
+        current_mode=current_mode,
+        metadata=Metadata.model_validate_json(metadata),
+        user_id=user_id,
+    )

@@ -1,0 +1,118 @@
+"""Test helpers: a platform running in the test's event loop, and a plain `websockets` client
+acting as a daemon. Every wait is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from agent.platform.server import PlatformServer
+
+WAIT_S = 10.0
+
+
+T = TypeVar("T")
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], within: float = WAIT_S
+) -> T:
+    """Call `probe` until `accept` holds for its result; fail after `within` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        value = await probe()
+        if accept(value):
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {within} s; last value: {value!r}")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class Platform:
+    server: PlatformServer
+    key: str
+    http: httpx.AsyncClient
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+    async def register(
+        self, device_id: str, key: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        body = {"deviceId": device_id, "connectionName": f"{device_id}-name", **fields}
+        reply = await self.http.post(
+            f"{self.url}/v1/environments/register", json=body, headers=self.auth(key)
+        )
+        assert reply.status_code == 201, reply.text
+        result: dict[str, Any] = reply.json()
+        return result
+
+    async def list(self, key: str | None = None, **params: str) -> httpx.Response:
+        return await self.http.get(
+            f"{self.url}/v1/environments", params=params, headers=self.auth(key)
+        )
+
+    async def rows(self, key: str | None = None, **params: str) -> list[dict[str, Any]]:
+        reply = await self.list(key, **params)
+        assert reply.status_code == 200, reply.text
+        rows: list[dict[str, Any]] = reply.json()["connections"]
+        return rows
+
+    async def row(self, device_id: str, key: str | None = None) -> dict[str, Any]:
+        reply = await self.http.get(
+            f"{self.url}/v1/environments/{device_id}", headers=self.auth(key)
+        )
+        assert reply.status_code == 200, reply.text
+        row: dict[str, Any] = reply.json()
+        return row
+
+    async def connect(self, device_id: str, key: str | None = None, **fields: Any) -> FakeDaemon:
+        """Register and open the socket, as a daemon does."""
+        reply = await self.register(device_id, key, **fields)
+        ws = await open_socket(reply["wsUrl"], device_id, key or self.key)
+        return FakeDaemon(ws, reply)
+
+
+async def open_socket(ws_url: str, device_id: str, key: str) -> ClientConnection:
+    return await websockets.connect(
+        f"{ws_url}&deviceId={device_id}",
+        additional_headers={"Authorization": f"Bearer {key}"},
+        open_timeout=WAIT_S,
+    )
+
+
+@dataclass
+class FakeDaemon:
+    ws: ClientConnection
+    registration: dict[str, Any]
+
+    @property
+    def connection_id(self) -> str:
+        value: str = self.registration["connectionId"]
+        return value
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(frame))
+
+    async def receive(self) -> dict[str, Any]:
+        frame: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), WAIT_S))
+        return frame
+
+    async def ping(self, mode: str | None = None) -> dict[str, Any]:
+        await self.send({"type": "ping", **({"current_mode": mode} if mode else {})})
+        return await self.receive()
+
+    async def wait_closed(self) -> None:
+        await asyncio.wait_for(self.ws.wait_closed(), WAIT_S)

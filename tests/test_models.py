@@ -1,0 +1,326 @@
+"""The wire models: exact keys out, unknown keys ignored in, one clear error for bad frames."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from agent.models import (
+    MODES,
+    ChangeDeviceStateFrame,
+    DeviceStatePayload,
+    DeviceStatus,
+    DisconnectFrame,
+    EnvironmentList,
+    EnvironmentRow,
+    ExecuteCommandFrame,
+    ExecuteCommandResponseFrame,
+    FrameError,
+    GitContext,
+    ListQuery,
+    ListQueryError,
+    Metadata,
+    PingFrame,
+    PongFrame,
+    RegisterReply,
+    RegisterRequest,
+    Runtime,
+    SelfUpdate,
+    SyncFrame,
+    SyncResponseFrame,
+    UpdateDeviceStatusFrame,
+    parse_daemon_frame,
+    parse_mode,
+    parse_platform_frame,
+)
+
+# The example body of `GET /v1/environments` in the Letta API reference: every field set.
+LETTA_DOCS_EXAMPLE: dict[str, Any] = {
+    "connections": [
+        {
+            "id": "id",
+            "connectedAt": 0,
+            "connectionId": "connectionId",
+            "connectionName": "connectionName",
+            "deviceId": "deviceId",
+            "firstSeenAt": 0,
+            "lastHeartbeat": 0,
+            "lastSeenAt": 0,
+            "organizationId": "organizationId",
+            "podId": "podId",
+            "apiKeyOwner": "apiKeyOwner",
+            "currentMode": "default",
+            "metadata": {
+                "gitBranch": "gitBranch",
+                "lettaCodeVersion": "lettaCodeVersion",
+                "nodeVersion": "nodeVersion",
+                "os": "os",
+                "self_update": {
+                    "supported": True,
+                    "writable": True,
+                    "install_path": "install_path",
+                    "manual_command": "manual_command",
+                    "reason": "reason",
+                },
+                "supported_commands": ["string"],
+                "workingDirectory": "workingDirectory",
+            },
+            "userId": "userId",
+        }
+    ],
+    "hasNextPage": True,
+}
+
+ALWAYS_PRESENT = {
+    "id",
+    "connectedAt",
+    "connectionId",
+    "connectionName",
+    "deviceId",
+    "firstSeenAt",
+    "lastHeartbeat",
+    "lastSeenAt",
+    "organizationId",
+    "podId",
+}
+
+
+def test_letta_docs_example_round_trips_unchanged() -> None:
+    parsed = EnvironmentList.model_validate(LETTA_DOCS_EXAMPLE)
+    assert parsed.connections[0].metadata is not None
+    assert parsed.connections[0].metadata.self_update == SelfUpdate(
+        supported=True,
+        writable=True,
+        install_path="install_path",
+        manual_command="manual_command",
+        reason="reason",
+    )
+    assert parsed.to_wire() == LETTA_DOCS_EXAMPLE
+    assert json.loads(parsed.to_json()) == LETTA_DOCS_EXAMPLE
+
+
+def test_row_keeps_the_always_present_keys_when_null_and_drops_empty_optional_ones() -> None:
+    row = EnvironmentRow(
+        id="env-1",
+        connected_at=None,
+        connection_id=None,
+        connection_name="laptop",
+        device_id="dev-1",
+        first_seen_at=1,
+        last_heartbeat=None,
+        last_seen_at=2,
+        organization_id="org-1",
+        pod_id=None,
+    )
+    wire = row.to_wire()
+    assert set(wire) == ALWAYS_PRESENT
+    assert wire["connectedAt"] is None and wire["podId"] is None
+    assert EnvironmentRow.model_validate(wire) == row
+
+
+def test_row_requires_the_always_present_keys() -> None:
+    wire = LETTA_DOCS_EXAMPLE["connections"][0] | {}
+    del wire["connectedAt"]
+    with pytest.raises(ValidationError, match="connectedAt"):
+        EnvironmentRow.model_validate(wire)
+
+
+def test_online_rule_needs_a_connection_and_a_fresh_heartbeat() -> None:
+    row = EnvironmentList.model_validate(LETTA_DOCS_EXAMPLE).connections[0]
+    fresh = row.model_copy(update={"last_heartbeat": 1_000})
+    assert fresh.is_online(now_ms=1_000 + 119_999, window_ms=120_000)
+    assert not fresh.is_online(now_ms=1_000 + 120_000, window_ms=120_000)
+    assert not fresh.model_copy(update={"connection_id": None}).is_online(1_000, 120_000)
+    assert not fresh.model_copy(update={"last_heartbeat": None}).is_online(1_000, 120_000)
+
+
+def test_metadata_keeps_unknown_keys_and_only_the_keys_it_was_given() -> None:
+    from_letta_code = {"os": "darwin", "environmentMessageProtocol": 2, "nodeVersion": None}
+    assert Metadata.model_validate(from_letta_code).to_wire() == from_letta_code
+    ours = Metadata(os="linux", git_branch=None, working_directory="/srv")
+    assert ours.to_wire() == {"os": "linux", "gitBranch": None, "workingDirectory": "/srv"}
+
+
+def test_self_update_reason_is_absent_when_there_is_none() -> None:
+    assert SelfUpdate(supported=True, writable=True, install_path="/v").to_wire() == {
+        "supported": True,
+        "writable": True,
+        "install_path": "/v",
+    }
+
+
+def test_register_request_round_trip_and_omitted_instance_id() -> None:
+    request = RegisterRequest(
+        device_id="dev-1",
+        connection_name="laptop",
+        metadata=Metadata(os="linux", supported_commands=["sync"]),
+        current_mode="acceptEdits",
+        source="remote",
+    )
+    wire = request.to_wire()
+    assert wire == {
+        "deviceId": "dev-1",
+        "connectionName": "laptop",
+        "metadata": {"os": "linux", "supported_commands": ["sync"]},
+        "currentMode": "acceptEdits",
+        "source": "remote",
+    }
+    assert RegisterRequest.model_validate(wire | {"unknownKey": 1}) == request
+    with_instance = request.model_copy(update={"listener_instance_id": "b"})
+    assert with_instance.to_wire()["listenerInstanceId"] == "b"
+
+
+def test_register_reply_parses_letta_and_ext_keys() -> None:
+    wire = {
+        "connectionId": "c-1",
+        "wsUrl": "wss://example.invalid/ws",
+        "supportsSplitStatusChannels": True,
+        "heartbeatIntervalMs": 5000,
+        "environment": LETTA_DOCS_EXAMPLE["connections"][0],
+        "somethingNew": [1, 2],
+    }
+    reply = RegisterReply.model_validate(wire)
+    assert reply.heartbeat_interval_ms == 5000
+    assert reply.to_wire() == {k: v for k, v in wire.items() if k != "somethingNew"}
+    with pytest.raises(ValidationError, match="wsUrl"):
+        RegisterReply.model_validate({"connectionId": "c-1"})
+
+
+FRAMES: list[tuple[BaseModel, dict[str, Any]]] = [
+    (PingFrame(), {"type": "ping"}),
+    (
+        PingFrame(current_mode="unrestricted", sent_at=5),
+        {"type": "ping", "current_mode": "unrestricted", "sent_at": 5},
+    ),
+    (
+        UpdateDeviceStatusFrame(
+            device_status=DeviceStatus(
+                current_connection_id="c-1",
+                connection_name="laptop",
+                is_online=True,
+                current_permission_mode="default",
+                current_working_directory="/srv",
+                git_context=GitContext(branch=None),
+                letta_code_version="0.1.0",
+                supported_commands=["sync"],
+            )
+        ),
+        {
+            "type": "update_device_status",
+            "device_status": {
+                "current_connection_id": "c-1",
+                "connection_name": "laptop",
+                "is_online": True,
+                "current_permission_mode": "default",
+                "current_working_directory": "/srv",
+                "git_context": {"branch": None},
+                "letta_code_version": "0.1.0",
+                "supported_commands": ["sync"],
+            },
+        },
+    ),
+    (
+        ExecuteCommandResponseFrame(request_id="r", success=False, output="no"),
+        {"type": "execute_command_response", "request_id": "r", "success": False, "output": "no"},
+    ),
+    (
+        SyncResponseFrame(request_id="r"),
+        {"type": "sync_response", "request_id": "r", "success": True},
+    ),
+    (DisconnectFrame(reason="stop"), {"type": "disconnect", "reason": "stop"}),
+    (PongFrame(), {"type": "pong"}),
+    (
+        ChangeDeviceStateFrame(
+            runtime=Runtime(agent_id="a", conversation_id="c"),
+            payload=DeviceStatePayload(mode="bypassPermissions", cwd="/tmp"),
+        ),
+        {
+            "type": "change_device_state",
+            "runtime": {"agent_id": "a", "conversation_id": "c"},
+            "payload": {"mode": "bypassPermissions", "cwd": "/tmp"},
+        },
+    ),
+    (
+        ExecuteCommandFrame(command_id="refresh", request_id="r", args={"x": 1}),
+        {"type": "execute_command", "command_id": "refresh", "request_id": "r", "args": {"x": 1}},
+    ),
+    (SyncFrame(), {"type": "sync"}),
+]
+
+
+@pytest.mark.parametrize(("frame", "wire"), FRAMES, ids=lambda v: getattr(v, "type", ""))
+def test_frame_round_trip(frame: PingFrame, wire: dict[str, Any]) -> None:
+    assert frame.to_wire() == wire
+    parse = (
+        parse_platform_frame
+        if wire["type"] in {"pong", "change_device_state", "execute_command", "sync"}
+        else parse_daemon_frame
+    )
+    assert parse(frame.to_json()) == frame
+    assert parse(json.dumps(wire | {"unknown": True})) == frame
+
+
+def test_change_device_state_without_runtime_is_accepted() -> None:
+    frame = parse_platform_frame('{"type": "change_device_state", "payload": {"mode": "default"}}')
+    assert isinstance(frame, ChangeDeviceStateFrame)
+    assert frame.runtime is None and frame.payload.mode == "default"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not json", "frame is not JSON"),
+        (b"\xff\xfe", "frame is not JSON"),
+        ("[1, 2]", "frame is a JSON list, not an object"),
+        ('"ping"', "frame is a JSON str, not an object"),
+        ('{"no": "type"}', "frame has no 'type'"),
+        ('{"type": "launch_rockets"}', "unknown frame type 'launch_rockets'"),
+        ('{"type": "pong"}', "unknown frame type 'pong'"),
+        ('{"type": "ping", "current_mode": "yolo"}', "bad 'ping' frame: ping.current_mode"),
+        ('{"type": "execute_command_response"}', "request_id: Field required"),
+    ],
+)
+def test_bad_daemon_frames_get_one_clear_line(text: str | bytes, message: str) -> None:
+    with pytest.raises(FrameError, match=message.replace("(", r"\(")) as caught:
+        parse_daemon_frame(text)
+    assert "\n" not in str(caught.value)
+
+
+def test_modes() -> None:
+    assert MODES == ("default", "standard", "acceptEdits", "bypassPermissions", "unrestricted")
+    assert parse_mode("acceptEdits") == "acceptEdits"
+    with pytest.raises(
+        ValueError, match="default, standard, acceptEdits, bypassPermissions, unrestricted"
+    ):
+        parse_mode("auto")
+
+
+def test_list_query_parses_strings() -> None:
+    query = ListQuery.from_query(
+        {"after": "env-1", "limit": "2", "onlineOnly": "true", "source": "remote", "userId": "u"}
+    )
+    assert query == ListQuery(
+        after="env-1", limit=2, online_only=True, source="remote", user_id="u"
+    )
+    assert ListQuery.from_query({}) == ListQuery(limit=50, online_only=False)
+    assert ListQuery.from_query({"onlineOnly": "False"}).online_only is False
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "101"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"limit": "-1"}, "limit"),
+        ({"onlineOnly": "yes"}, "onlineOnly"),
+        ({"source": "cloud"}, "source"),
+        ({"after": ""}, "after"),
+    ],
+)
+def test_list_query_errors_name_the_parameter(params: dict[str, str], named: str) -> None:
+    with pytest.raises(ListQueryError, match=f"^{named} "):
+        ListQuery.from_query(params)

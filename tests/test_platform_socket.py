@@ -1,0 +1,255 @@
+"""The relay socket against a real platform: heartbeats, supersession, 1008, left and lost."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from urllib.parse import urlsplit
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.conftest import StartPlatform
+from tests.helpers import WAIT_S, FakeDaemon, Platform, open_socket, wait_for
+
+
+async def test_register_socket_ping_pong_shows_online_with_mode(platform: Platform) -> None:
+    daemon = await platform.connect(
+        "dev-1", currentMode="default", metadata={"os": "linux", "nodeVersion": None}
+    )
+    row = await platform.row("dev-1")
+    # Opening the socket is the first heartbeat: online before any ping.
+    assert row["connectionId"] == daemon.connection_id
+    assert row["connectedAt"] is not None and row["lastHeartbeat"] == row["connectedAt"]
+    assert row["podId"] == platform.server.settings.pod_id
+    assert row["currentMode"] == "default"
+
+    assert await daemon.ping(mode="acceptEdits") == {"type": "pong"}
+    online = await platform.rows(onlineOnly="true")
+    assert [r["deviceId"] for r in online] == ["dev-1"]
+    assert online[0]["currentMode"] == "acceptEdits"
+    assert online[0]["lastHeartbeat"] >= row["lastHeartbeat"]
+    assert online[0]["metadata"] == {"os": "linux", "nodeVersion": None}
+    await daemon.ws.close()
+
+
+async def test_registration_reply_carries_period_and_row(start_platform: StartPlatform) -> None:
+    platform = await start_platform(heartbeat_interval_ms=1234)
+    reply = await platform.register("dev-1", listenerInstanceId="a", source="remote")
+    assert reply["heartbeatIntervalMs"] == 1234
+    assert reply["wsUrl"].startswith(f"ws://127.0.0.1:{platform.server.port}/")
+    assert reply["environment"]["deviceId"] == "dev-1"
+    assert reply["environment"]["connectionId"] is None  # no socket yet
+
+
+async def test_same_identity_reuses_the_row(platform: Platform) -> None:
+    first = await platform.register("dev-1")
+    second = await platform.register("dev-1", connectionName="renamed")
+    assert second["environment"]["id"] == first["environment"]["id"]
+    assert second["environment"]["firstSeenAt"] == first["environment"]["firstSeenAt"]
+    assert second["environment"]["connectionName"] == "renamed"
+    assert second["connectionId"] != first["connectionId"]
+    other_instance = await platform.register("dev-1", listenerInstanceId="second")
+    assert other_instance["environment"]["id"] != first["environment"]["id"]
+    assert len(await platform.rows()) == 2
+
+
+async def test_update_device_status_is_folded_into_the_row(platform: Platform) -> None:
+    daemon = await platform.connect("dev-1", metadata={"os": "linux", "custom": 1})
+    await daemon.send(
+        {
+            "type": "update_device_status",
+            "device_status": {
+                "current_connection_id": daemon.connection_id,
+                "connection_name": "new-name",
+                "is_online": True,
+                "current_permission_mode": "bypassPermissions",
+                "current_working_directory": "/srv/app",
+                "git_context": {"branch": "main"},
+                "letta_code_version": "9.9.9",
+                "supported_commands": ["sync"],
+            },
+        }
+    )
+    row = await wait_for(
+        lambda: platform.row("dev-1"), lambda r: r["currentMode"] == "bypassPermissions"
+    )
+    assert row["connectionName"] == "new-name"
+    assert row["metadata"] == {
+        "os": "linux",
+        "custom": 1,
+        "workingDirectory": "/srv/app",
+        "gitBranch": "main",
+        "lettaCodeVersion": "9.9.9",
+        "supported_commands": ["sync"],
+    }
+    await daemon.ws.close()
+
+
+async def test_newest_socket_wins_and_the_older_is_told_why(platform: Platform) -> None:
+    older = await platform.connect("dev-1")
+    newer = await platform.connect("dev-1")
+    await older.wait_closed()
+    assert older.ws.close_code == 1000
+    assert older.ws.close_reason == "Replaced by new connection"
+    assert await newer.ping() == {"type": "pong"}
+    row = await platform.row("dev-1")
+    assert row["connectionId"] == newer.connection_id
+    assert platform.server.store is not None
+    await newer.ws.close()
+
+
+async def test_reconnecting_with_the_same_connection_id_keeps_the_row_online(
+    platform: Platform,
+) -> None:
+    first = await platform.connect("dev-1")
+    again = FakeDaemon(
+        await open_socket(first.registration["wsUrl"], "dev-1", platform.key), first.registration
+    )
+    await first.wait_closed()
+    assert await again.ping() == {"type": "pong"}
+    assert (await platform.row("dev-1"))["connectionId"] == first.connection_id
+    await again.ws.close()
+
+
+@pytest.mark.parametrize("case", ["unknown", "superseded", "wrong device"])
+async def test_a_connection_that_is_not_current_is_refused_1008(
+    platform: Platform, case: str
+) -> None:
+    registration = await platform.register("dev-1")
+    ws_url, device = registration["wsUrl"], "dev-1"
+    if case == "unknown":
+        ws_url = ws_url.split("?")[0] + "?connectionId=conn-nobody"
+    elif case == "superseded":
+        await platform.register("dev-1")
+    else:
+        await platform.register("dev-2")
+        device = "dev-2"
+    ws = await open_socket(ws_url, device, platform.key)
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(ws.recv(), WAIT_S)
+    assert ws.close_code == 1008
+    assert "register again" in (ws.close_reason or "")
+    assert (await platform.row("dev-1"))["connectionId"] is None
+
+
+async def test_socket_needs_a_valid_key(platform: Platform) -> None:
+    registration = await platform.register("dev-1")
+    with pytest.raises(InvalidStatus) as refused:
+        await open_socket(registration["wsUrl"], "dev-1", "envk_not-a-key")
+    assert refused.value.response.status_code == 401
+
+
+async def test_disconnect_frame_marks_the_row_offline_at_once(platform: Platform) -> None:
+    daemon = await platform.connect("dev-1")
+    await daemon.send({"type": "disconnect", "reason": "service stopping"})
+    row = await wait_for(lambda: platform.row("dev-1"), lambda r: r["connectionId"] is None)
+    assert row["connectedAt"] is None and row["podId"] is None
+    assert await platform.rows(onlineOnly="true") == []
+    # The socket itself is still open: "left" is decided by the frame, not the close.
+    assert await daemon.ping() == {"type": "pong"}
+    await daemon.ws.close()
+
+
+async def test_clean_close_marks_the_row_offline_at_once(platform: Platform) -> None:
+    daemon = await platform.connect("dev-1")
+    await daemon.ws.close(1000)
+    await wait_for(lambda: platform.row("dev-1"), lambda r: r["connectionId"] is None)
+
+
+async def test_silence_marks_the_row_offline_after_the_online_window(
+    start_platform: StartPlatform,
+) -> None:
+    platform = await start_platform(online_window_ms=300)
+    daemon = await platform.connect("dev-1")
+    assert await daemon.ping() == {"type": "pong"}
+    assert len(await platform.rows(onlineOnly="true")) == 1
+    await wait_for(lambda: platform.rows(onlineOnly="true"), lambda rows: rows == [])
+    # "Lost", not "left": the socket is still open and still holds the row.
+    assert (await platform.row("dev-1"))["connectionId"] == daemon.connection_id
+    assert await daemon.ping() == {"type": "pong"}
+    assert len(await platform.rows(onlineOnly="true")) == 1
+    await daemon.ws.close()
+
+
+async def test_transport_pings_drop_a_half_open_socket(start_platform: StartPlatform) -> None:
+    platform = await start_platform(transport_ping_s=0.2)
+    registration = await platform.register("dev-1")
+    url = urlsplit(registration["wsUrl"])
+    assert url.hostname is not None and url.port is not None
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    # A hand-made handshake, then silence: nothing will ever answer the platform's pings.
+    nonce = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET {url.path}?{url.query}&deviceId=dev-1 HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {nonce}\r\nAuthorization: Bearer {platform.key}\r\n\r\n"
+        ).encode()
+    )
+    status_line = await asyncio.wait_for(reader.readline(), WAIT_S)
+    assert b" 101 " in status_line
+    await wait_for(lambda: platform.row("dev-1"), lambda r: r["connectionId"] is not None)
+    await wait_for(lambda: platform.row("dev-1"), lambda r: r["connectionId"] is None)
+    writer.close()
+
+
+async def test_bad_frames_are_ignored_and_the_session_goes_on(platform: Platform) -> None:
+    daemon = await platform.connect("dev-1")
+    for bad in [
+        "not json",
+        "[1, 2, 3]",
+        "{}",
+        '{"type": "launch_rockets"}',
+        '{"type": "ping", "current_mode": "yolo"}',
+        '{"type": "update_device_status", "device_status": {"is_online": "very"}}',
+    ]:
+        await daemon.ws.send(bad)
+    await daemon.ws.send(b"\x00\x01binary")
+    assert await daemon.ping() == {"type": "pong"}
+    assert "currentMode" not in await platform.row("dev-1")  # the bad mode was not taken
+
+
+async def test_an_oversized_frame_closes_the_socket_1009(start_platform: StartPlatform) -> None:
+    platform = await start_platform(max_frame_bytes=1024)
+    daemon = await platform.connect("dev-1")
+    await daemon.send({"type": "ping", "padding": "x" * 2048})
+    await daemon.wait_closed()
+    assert daemon.ws.close_code == 1009
+    await wait_for(lambda: platform.row("dev-1"), lambda r: r["connectionId"] is None)
+
+
+async def test_platform_frames_reach_the_live_socket(platform: Platform) -> None:
+    daemon = await platform.connect("dev-1")
+    frame = {"type": "change_device_state", "payload": {"mode": "unrestricted"}}
+    sent = await platform.http.post(
+        f"{platform.url}/v1/environments/{daemon.connection_id}/frames",
+        json=frame,
+        headers=platform.auth(),
+    )
+    assert sent.status_code == 200, sent.text
+    assert await daemon.receive() == frame
+    await daemon.send({"type": "sync_response", "request_id": "r-1", "success": True})
+    missing = await platform.http.post(
+        f"{platform.url}/v1/environments/conn-nobody/frames", json=frame, headers=platform.auth()
+    )
+    assert missing.status_code == 404
+    bad = await platform.http.post(
+        f"{platform.url}/v1/environments/{daemon.connection_id}/frames",
+        content=json.dumps({"type": "ping"}),
+        headers=platform.auth(),
+    )
+    assert bad.status_code == 422 and "unknown frame type" in bad.json()["message"]
+    await daemon.ws.close()
+
+
+async def test_stopping_the_platform_closes_sockets_going_away(
+    start_platform: StartPlatform,
+) -> None:
+    platform = await start_platform()
+    daemon = await platform.connect("dev-1")
+    await platform.server.stop()
+    await daemon.wait_closed()
+    assert daemon.ws.close_code == 1001
