@@ -65,6 +65,12 @@ async def serve_forever(settings: PlatformSettings) -> None:
     server = PlatformServer(settings)
     await server.start()
     print(f"envagent platform listening on {server.url}", flush=True)
+    if settings.dev_key_file.exists():
+        print(
+            f'try: curl -H "Authorization: Bearer $(cat {settings.dev_key_file})" '
+            f"{server.url}/v1/environments",
+            flush=True,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
