@@ -212,6 +212,21 @@ async def test_bad_frames_are_ignored_and_the_session_goes_on(platform: Platform
     assert "currentMode" not in await platform.row("dev-1")  # the bad mode was not taken
 
 
+async def test_a_flood_of_bad_frames_is_counted_not_logged_line_by_line(
+    platform: Platform, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon = await platform.connect("dev-1")
+    for n in range(1000):
+        await daemon.ws.send(f"garbage {n}")
+    assert await daemon.ping() == {"type": "pong"}
+    lines = [r.getMessage() for r in caplog.records if "ignored bad frame" in r.getMessage()]
+    assert len(lines) == 6, lines
+    assert "ignored bad frame #1: frame is not JSON" in lines[0]
+    assert "#1000: frame is not JSON" in lines[-1]
+    assert (await platform.rows(onlineOnly="true"))[0]["deviceId"] == "dev-1"
+    await daemon.ws.close()
+
+
 async def test_an_oversized_frame_closes_the_socket_1009(start_platform: StartPlatform) -> None:
     platform = await start_platform(max_frame_bytes=1024)
     daemon = await platform.connect("dev-1")

@@ -32,6 +32,8 @@ log = logging.getLogger("envagent.platform")
 REPLACED_REASON = "Replaced by new connection"
 UNKNOWN_CONNECTION_REASON = "unknown or superseded connectionId: register again"
 SHUTDOWN_REASON = "platform shutting down"
+CLOSE_TIMEOUT_S = 2.0  # how long a closing handshake may take before the socket is dropped
+BAD_FRAMES_LOGGED = 5  # per socket; after that one line every 1000, so a noisy peer can't flood
 _PONG = PongFrame().to_json()
 _MAX_CLOSE_REASON = 120  # close reasons must fit in a 125-byte control frame
 
@@ -42,6 +44,7 @@ class LiveSocket:
     connection_id: str
     ws: web.WebSocketResponse
     left: bool = False
+    bad_frames: int = 0
 
 
 class Relay:
@@ -49,10 +52,7 @@ class Relay:
         self._store = store
         self._settings = settings
         self._live: dict[str, LiveSocket] = {}
-
-    @property
-    def live_count(self) -> int:
-        return len(self._live)
+        self._closing: set[asyncio.Task[bool]] = set()
 
     async def serve(self, request: web.Request, key: ApiKey) -> web.WebSocketResponse:
         """Run one daemon's socket from the upgrade to its end."""
@@ -60,6 +60,7 @@ class Relay:
         device_id = request.query.get("deviceId")
         name = (request.query.get("connectionName") or "")[:200] or None
         ws = web.WebSocketResponse(
+            timeout=CLOSE_TIMEOUT_S,
             heartbeat=self._settings.transport_ping_s,
             max_msg_size=self._settings.max_frame_bytes,
             compress=False,  # a deflate context per socket costs more memory than it saves
@@ -80,7 +81,12 @@ class Relay:
         )
         if previous is not None:
             log.info("row %s: a newer socket replaces the open one", live.row_id)
-            await previous.ws.close(code=WSCloseCode.OK, message=_reason(REPLACED_REASON))
+            # In the background: a half-open old socket must not delay the new one's pongs.
+            closing = asyncio.create_task(
+                previous.ws.close(code=WSCloseCode.OK, message=_reason(REPLACED_REASON))
+            )
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         try:
             await self._read(live)
         finally:
@@ -97,7 +103,7 @@ class Relay:
             if message.type == WSMsgType.TEXT:
                 await self._on_frame(live, message.data)
             elif message.type == WSMsgType.BINARY:
-                log.warning("row %s: ignored a binary frame: frames are JSON text", live.row_id)
+                self._ignore(live, "a binary frame: frames are JSON text")
             elif message.type == WSMsgType.ERROR:
                 log.warning("row %s: socket error: %s", live.row_id, live.ws.exception())
 
@@ -105,7 +111,7 @@ class Relay:
         try:
             frame = parse_daemon_frame(text)
         except FrameError as exc:
-            log.warning("row %s: ignored a frame: %s", live.row_id, exc)
+            self._ignore(live, str(exc))
             return
         now = now_ms()
         if isinstance(frame, PingFrame):
@@ -119,6 +125,11 @@ class Relay:
             log.info("row %s is leaving: %s", live.row_id, frame.reason[:200] or "no reason")
         else:
             log.info("row %s answered: %s", live.row_id, frame.to_json()[:500])
+
+    def _ignore(self, live: LiveSocket, why: str) -> None:
+        live.bad_frames += 1
+        if live.bad_frames <= BAD_FRAMES_LOGGED or live.bad_frames % 1000 == 0:
+            log.warning("row %s: ignored bad frame #%d: %s", live.row_id, live.bad_frames, why)
 
     async def send(self, organization_id: str, connection_id: str, frame: PlatformFrame) -> bool:
         """Send `frame` to the live socket holding `connection_id`; False when there is none."""
