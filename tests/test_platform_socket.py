@@ -244,7 +244,7 @@ async def test_platform_frames_reach_the_live_socket(platform: Platform) -> None
         json=frame,
         headers=platform.auth(),
     )
-    assert sent.status_code == 200, sent.text
+    assert sent.status_code == 204, sent.text
     assert await daemon.receive() == frame
     await daemon.send({"type": "sync_response", "request_id": "r-1", "success": True})
     missing = await platform.http.post(

@@ -145,7 +145,7 @@ async def send_frame(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid_body", str(exc)) from None
     if not await request.app[RELAY_KEY].send(key.organization_id, connection_id, frame):
         raise ApiError(404, "not_found", f"no live socket for connectionId {connection_id!r}")
-    return web.json_response({"sent": True})
+    return web.Response(status=204)
 
 
 async def listener_socket(request: web.Request) -> web.StreamResponse:
