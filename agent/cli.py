@@ -1,18 +1,30 @@
-"""The `envagent` command line."""
+"""The `envagent` command line: the daemon, the commands that inspect it, the platform."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from agent import __version__
+from agent import __version__, exitcodes
+from agent.models import MODES
 
-EXIT_OK = 0
-EXIT_ERROR = 1
+SETTING_FLAGS = {
+    "name": "connection name (default: the hostname)",
+    "workdir": "working directory the daemon serves (default: the current one)",
+    "mode": f"permission mode at start: {', '.join(MODES)}",
+    "base_url": "platform URL (default: start the reference platform on loopback)",
+    "instance": "listener instance id, to run several daemons on one device",
+    "source": "local (a person's machine) or remote (a hosted sandbox or VM)",
+    "client_version": "lettaCodeVersion to report, when a coding tool starts the daemon",
+    "local_api_port": "loopback port of the local API (default: a free one)",
+    "local_api_socket": "serve the local API on this Unix socket instead",
+    "heartbeat_ms": "heartbeat period, overriding the platform's",
+    "log_file": "also write the log to this file",
+}
+SETTING_NAMES = {"instance": "listener_instance_id"}
 
 
 def _positive_int(text: str) -> int:
@@ -42,6 +54,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    parser.add_argument("--config", type=Path, help="config file (default: XDG config dir)")
+    for name in names:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=SETTING_FLAGS[name])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="envagent", description="Make this machine visible to a coding platform."
@@ -49,6 +67,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"envagent {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    run = commands.add_parser("run", help="run the daemon")
+    _settings_flags(run, list(SETTING_FLAGS))
+    run.add_argument("--foreground", action="store_true", help="human logs on the terminal")
+    run.add_argument("--debug", action="store_true", default=None, help="show every frame")
+    run.add_argument("--parent-pid", type=_positive_int, help="stop when this process exits")
+
+    status = commands.add_parser("status", help="what the running daemon is doing")
+    _settings_flags(status, ["instance", "base_url"])
+    status.add_argument("--json", action="store_true", help="the status as JSON")
+    status.add_argument(
+        "--verify", action="store_true", help="compare the platform's row with the local one"
+    )
+
+    listing = commands.add_parser("list", help="the environments a listing shows")
+    _settings_flags(listing, ["instance", "base_url"])
+    where = listing.add_mutually_exclusive_group()
+    where.add_argument("--local", action="store_true", help="the daemon's own listing")
+    where.add_argument("--platform", action="store_true", help="the platform's (default)")
+    listing.add_argument("--online-only", action="store_true")
+    listing.add_argument("--json", action="store_true")
+
+    mode = commands.add_parser("mode", help="get or set the running daemon's mode")
+    _settings_flags(mode, ["instance"])
+    mode_commands = mode.add_subparsers(dest="mode_command")
+    mode_commands.add_parser("get")
+    mode_set = mode_commands.add_parser("set")
+    mode_set.add_argument("value", metavar="MODE", help=", ".join(MODES))
+
+    metadata = commands.add_parser("metadata", help="what this machine would report")
+    _settings_flags(metadata, ["workdir", "client_version"])
+
+    config = commands.add_parser("config", help="the settings in effect")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser("show", help="each setting and where it came from")
+    _settings_flags(show, list(SETTING_FLAGS))
+
+    _platform_parser(commands)
+    return parser
+
+
+def _platform_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     platform = commands.add_parser("platform", help="the reference platform")
     platform_commands = platform.add_subparsers(dest="platform_command", required=True)
 
@@ -82,69 +141,59 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--user", required=True, help="user the key belongs to")
     create.add_argument("--owner", help="name shown as apiKeyOwner in the listing")
     create.add_argument("--db", type=Path, help="SQLite file (default: in the XDG state dir)")
-    return parser
 
 
-def _platform_serve(args: argparse.Namespace) -> int:
-    from agent.platform.server import serve_forever
-    from agent.platform.settings import PlatformSettings
-    from agent.platform.store import StoreError
-
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    settings = PlatformSettings(
-        host=args.host,
-        port=args.port,
-        heartbeat_interval_ms=args.heartbeat_ms,
-        online_window_ms=args.online_window_ms,
-        transport_ping_s=args.transport_ping_s,
-        max_body_bytes=args.max_body_bytes,
-        max_frame_bytes=args.max_frame_bytes,
-        **({"db": args.db.absolute()} if args.db else {}),
-    )
-    try:
-        asyncio.run(serve_forever(settings))
-    except StoreError as exc:
-        print(f"envagent: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as exc:
-        print(
-            f"envagent: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
-        )
-        return EXIT_ERROR
-    return EXIT_OK
-
-
-def _platform_keys_create(args: argparse.Namespace) -> int:
-    from agent.platform.keys import create_key
-    from agent.platform.settings import PlatformSettings
-    from agent.platform.store import ApiKey, Store, StoreError
-
-    settings = PlatformSettings(**({"db": args.db.absolute()} if args.db else {}))
-    try:
-        store = Store(settings.db)
-    except StoreError as exc:
-        print(f"envagent: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    try:
-        key = create_key(store, ApiKey(args.org, args.user, args.owner))
-    finally:
-        store.close()
-    print(key)
-    print(
-        f"envagent: key for user {args.user} of {args.org} stored in {settings.db}; "
-        "it is shown only this once",
-        file=sys.stderr,
-    )
-    return EXIT_OK
+def fail(message: str, code: int = exitcodes.ERROR) -> int:
+    print(f"envagent: {message}", file=sys.stderr)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "platform" and args.platform_command == "serve":
-        return _platform_serve(args)
-    if args.command == "platform" and args.platform_command == "keys":
-        return _platform_keys_create(args)
-    raise AssertionError(f"unhandled command {args}")  # argparse only lets known ones through
+    from agent.client import ClientError
+    from agent.config import ConfigError
+    from agent.platform.store import StoreError
+
+    handler = _HANDLERS[args.command]
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        return fail(str(exc), exitcodes.CONFIG)
+    except (ClientError, StoreError) as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return exitcodes.OK
+
+
+def _handle_platform(args: argparse.Namespace) -> int:
+    from agent.cli_platform import create_key_command, serve_command
+
+    if args.platform_command == "serve":
+        return serve_command(args)
+    return create_key_command(args)
+
+
+def _handle_daemon_command(args: argparse.Namespace) -> int:
+    from agent import cli_daemon
+
+    command: Callable[[argparse.Namespace], int] = getattr(cli_daemon, f"{args.command}_command")
+    return command(args)
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "platform": _handle_platform,
+    **{
+        name: _handle_daemon_command
+        for name in ("run", "status", "list", "mode", "metadata", "config")
+    },
+}
+
+
+def configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not debug:
+        for noisy in ("websockets", "aiohttp.access", "httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)

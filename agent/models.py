@@ -389,3 +389,58 @@ def describe_validation_error(exc: ValidationError) -> str:
     shown = "; ".join(parts[:3])
     more = len(parts) - 3
     return shown + (f" (and {more} more)" if more > 0 else "")
+
+
+# --- the daemon's local API ------------------------------------------------------------------
+
+
+class ModeChange(CamelModel):
+    """Body of `PUT /v1/mode` and its reply."""
+
+    mode: Mode
+
+
+class HeartbeatCounts(CamelModel):
+    sent: int
+    answered: int
+    unanswered_now: int
+
+
+class NodeReport(CamelModel):
+    version: str | None
+    path: str | None
+    found_via: str
+
+
+class DaemonStatus(CamelModel):
+    """`GET /v1/status`: what the daemon is doing and why, for people and coding tools."""
+
+    state: str
+    platform_url: str
+    embedded_platform: bool
+    device_id: str
+    connection_name: str
+    connection_id: str | None
+    environment_id: str | None
+    mode: Mode
+    working_directory: str
+    last_error: str | None
+    heartbeat_period_s: float
+    heartbeats: HeartbeatCounts
+    registrations: int
+    connects: int
+    connected_at: int | None
+    last_pong_at: int | None
+    pid: int
+    started_at: int
+    uptime_s: float
+    local_api: str
+    log_path: str | None
+    node: NodeReport | None
+
+
+class Health(CamelModel):
+    """`GET /healthz`: `ok` only while heartbeats are being answered."""
+
+    ok: bool
+    reason: str

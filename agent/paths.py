@@ -1,6 +1,8 @@
 """Where envagent keeps its files, following the XDG base directory rules."""
 
+import hashlib
 import os
+import re
 from pathlib import Path
 
 
@@ -21,3 +23,19 @@ def config_dir() -> Path:
 
 def platform_state_dir() -> Path:
     return state_dir() / "platform"
+
+
+_SAFE_INSTANCE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def instance_file(stem: str, instance_id: str | None, suffix: str = "") -> Path:
+    """`<state dir>/<stem><suffix>` for the default daemon, `<stem>-<id><suffix>` for a listener
+    instance. An id that is not already a plain file name is reduced to one, with a hash of the
+    id added so that two ids never share a file."""
+    if instance_id is None:
+        return state_dir() / f"{stem}{suffix}"
+    name = instance_id
+    if not _SAFE_INSTANCE_ID.fullmatch(instance_id):
+        digest = hashlib.sha256(instance_id.encode()).hexdigest()[:12]
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", instance_id)[:48] + "-" + digest
+    return state_dir() / f"{stem}-{name}{suffix}"

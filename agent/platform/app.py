@@ -7,17 +7,14 @@ unexpected exception is logged and answered 500 without taking the worker down.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from agent.clock import now_ms
+from agent.httpapi import ApiError, json_errors, list_query, unknown_cursor
 from agent.models import (
-    ErrorReply,
     FrameError,
-    ListQuery,
-    ListQueryError,
     RegisterReply,
     RegisterRequest,
     describe_validation_error,
@@ -35,42 +32,6 @@ SOCKET_PATH = "/v1/listener/ws"
 STORE_KEY = web.AppKey("store", Store)
 RELAY_KEY = web.AppKey("relay", Relay)
 SETTINGS_KEY = web.AppKey("settings", PlatformSettings)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(Exception):
-    """Raised by a handler to answer with `status` and a one-line message."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
-
-
-def error_response(status: int, error: str, message: str) -> web.Response:
-    return web.json_response(ErrorReply(error=error, message=message).to_wire(), status=status)
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.error, exc.message)
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SETTINGS_KEY].max_body_bytes
-        return error_response(413, "too_large", f"request body is over the {limit}-byte limit")
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        error = exc.reason.lower().replace(" ", "_")
-        detail = (exc.text or "").removeprefix(f"{exc.status}: ").replace("\n", " ").strip()
-        return error_response(exc.status, error, f"{request.method} {request.path}: {detail}")
-    except Exception:
-        log.exception("unexpected error answering %s %s", request.method, request.path)
-        return error_response(500, "internal", "the platform failed to answer; see its log")
 
 
 def authenticate(request: web.Request) -> ApiKey:
@@ -112,17 +73,14 @@ async def register(request: web.Request) -> web.Response:
 
 async def list_environments(request: web.Request) -> web.Response:
     key = authenticate(request)
-    try:
-        query = ListQuery.from_query(request.query)
-    except ListQueryError as exc:
-        raise ApiError(400, "invalid_query", str(exc)) from None
+    query = list_query(request)
     settings = request.app[SETTINGS_KEY]
     try:
         page = request.app[STORE_KEY].list(
             key.organization_id, query, now_ms(), settings.online_window_ms
         )
     except UnknownCursor:
-        raise ApiError(400, "invalid_query", f"after: no row with id {query.after!r}") from None
+        raise unknown_cursor(query.after) from None
     return web.json_response(page.to_wire())
 
 
@@ -156,7 +114,9 @@ async def listener_socket(request: web.Request) -> web.StreamResponse:
 
 
 def build_app(store: Store, settings: PlatformSettings) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[json_errors(settings.max_body_bytes)], client_max_size=settings.max_body_bytes
+    )
     app[STORE_KEY] = store
     app[SETTINGS_KEY] = settings
     app[RELAY_KEY] = Relay(store, settings)

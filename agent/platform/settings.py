@@ -13,7 +13,7 @@ DEFAULT_PORT = 8283
 ONLINE_WINDOW_MS = 120_000  # the Letta online rule
 
 
-def _default_db() -> Path:
+def default_db() -> Path:
     return platform_state_dir() / "platform.db"
 
 
@@ -25,7 +25,7 @@ def _pod_id() -> str:
 class PlatformSettings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    db: Path = field(default_factory=_default_db)
+    db: Path = field(default_factory=default_db)
     heartbeat_interval_ms: int = 30_000
     """Assigned to every daemon at registration (`heartbeatIntervalMs`)."""
     online_window_ms: int = ONLINE_WINDOW_MS

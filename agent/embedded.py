@@ -1,0 +1,34 @@
+"""The reference platform started inside the daemon when no platform is configured, so that
+`envagent run` works on a machine with no account anywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.daemon import Platform
+from agent.files import write_private
+from agent.paths import state_dir
+from agent.platform.keys import DEV_ORGANIZATION, DEV_OWNER, DEV_USER, create_key, hash_key
+from agent.platform.server import PlatformServer
+from agent.platform.settings import PlatformSettings
+from agent.platform.store import ApiKey
+
+
+def _settings() -> PlatformSettings:
+    return PlatformSettings(port=0, db=state_dir() / "embedded-platform" / "platform.db")
+
+
+def embedded_key_file() -> Path:
+    return _settings().dev_key_file
+
+
+async def start_embedded() -> tuple[PlatformServer, Platform]:
+    """Start the platform on a free loopback port and return it with its development key."""
+    server = PlatformServer(_settings())
+    await server.start()
+    key_file = server.settings.dev_key_file
+    key = key_file.read_text().strip() if key_file.exists() else ""
+    if not key or server.store.find_key(hash_key(key)) is None:
+        key = create_key(server.store, ApiKey(DEV_ORGANIZATION, DEV_USER, DEV_OWNER))
+        write_private(key_file, (key + "\n").encode())
+    return server, Platform(server.url, key, embedded=True)

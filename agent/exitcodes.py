@@ -1,0 +1,12 @@
+"""The daemon's exit codes, one per reason a person or a service manager acts on differently."""
+
+OK = 0
+"""Stopped on purpose (SIGTERM, SIGINT, the parent exited)."""
+ERROR = 1
+"""An unexpected failure; the log says what."""
+CONFIG = 2
+"""Bad flags, environment or config file; also argparse's usage errors."""
+CREDENTIALS = 3
+"""The platform refused the API key, or refused registration for good (404, not Letta)."""
+REPLACED = 4
+"""Another process took this identity (close 1000 `Replaced by new connection`)."""

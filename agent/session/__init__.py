@@ -1,0 +1,1 @@
+"""The connection to the platform: registration, policy and the socket loop."""
