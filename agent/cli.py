@@ -16,7 +16,7 @@ SETTING_FLAGS = {
     "workdir": "working directory the daemon serves (default: the current one)",
     "mode": f"permission mode at start: {', '.join(MODES)}",
     "base_url": "platform URL (default: start the reference platform on loopback)",
-    "instance": "listener instance id, to run several daemons on one device",
+    "listener_instance_id": "to run several daemons on one device",
     "source": "local (a person's machine) or remote (a hosted sandbox or VM)",
     "client_version": "lettaCodeVersion to report, when a coding tool starts the daemon",
     "local_api_port": "loopback port of the local API (default: a free one)",
@@ -24,7 +24,6 @@ SETTING_FLAGS = {
     "heartbeat_ms": "heartbeat period, overriding the platform's",
     "log_file": "also write the log to this file",
 }
-SETTING_NAMES = {"instance": "listener_instance_id"}
 
 
 def _positive_int(text: str) -> int:
@@ -74,14 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--parent-pid", type=_positive_int, help="stop when this process exits")
 
     status = commands.add_parser("status", help="what the running daemon is doing")
-    _settings_flags(status, ["instance", "base_url"])
+    _settings_flags(status, ["listener_instance_id", "base_url"])
     status.add_argument("--json", action="store_true", help="the status as JSON")
     status.add_argument(
         "--verify", action="store_true", help="compare the platform's row with the local one"
     )
 
     listing = commands.add_parser("list", help="the environments a listing shows")
-    _settings_flags(listing, ["instance", "base_url"])
+    _settings_flags(listing, ["listener_instance_id", "base_url"])
     where = listing.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true", help="the daemon's own listing")
     where.add_argument("--platform", action="store_true", help="the platform's (default)")
@@ -89,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
 
     mode = commands.add_parser("mode", help="get or set the running daemon's mode")
-    _settings_flags(mode, ["instance"])
+    _settings_flags(mode, ["listener_instance_id"])
     mode_commands = mode.add_subparsers(dest="mode_command")
     mode_commands.add_parser("get")
     mode_set = mode_commands.add_parser("set")

@@ -7,7 +7,7 @@ import asyncio
 import json
 
 from agent import __version__, exitcodes
-from agent.cli import SETTING_FLAGS, SETTING_NAMES, configure_logging, fail
+from agent.cli import SETTING_FLAGS, configure_logging, fail
 from agent.client import (
     ClientError,
     LocalClient,
@@ -26,11 +26,7 @@ from agent.platform.settings import ONLINE_WINDOW_MS
 
 
 def _load(args: argparse.Namespace) -> LoadedSettings:
-    flags = {
-        SETTING_NAMES.get(flag, flag): getattr(args, flag)
-        for flag in SETTING_FLAGS
-        if hasattr(args, flag)
-    }
+    flags = {flag: getattr(args, flag) for flag in SETTING_FLAGS if hasattr(args, flag)}
     if getattr(args, "debug", None):
         flags["debug"] = True
     return load_settings(flags, config_path=args.config)

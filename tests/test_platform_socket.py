@@ -260,6 +260,31 @@ async def test_platform_frames_reach_the_live_socket(platform: Platform) -> None
     await daemon.ws.close()
 
 
+async def test_frames_with_a_request_id_return_the_daemon_s_answer(
+    start_platform: StartPlatform,
+) -> None:
+    platform = await start_platform(answer_wait_s=0.3)
+    daemon = await platform.connect("dev-1")
+    url = f"{platform.url}/v1/environments/{daemon.connection_id}/frames"
+    command = {"type": "execute_command", "command_id": "get_status", "request_id": "r-1"}
+    pending = asyncio.create_task(platform.http.post(url, json=command, headers=platform.auth()))
+    assert await daemon.receive() == command
+    answer = {
+        "type": "execute_command_response",
+        "request_id": "r-1",
+        "success": True,
+        "output": "ok",
+    }
+    await daemon.send(answer)
+    reply = await asyncio.wait_for(pending, WAIT_S)
+    assert (reply.status_code, reply.json()) == (200, answer)
+    silent = await platform.http.post(
+        url, json={"type": "sync", "request_id": "r-2"}, headers=platform.auth()
+    )
+    assert silent.status_code == 504 and "did not answer within 0.3 s" in silent.json()["message"]
+    await daemon.ws.close()
+
+
 async def test_stopping_the_platform_closes_sockets_going_away(
     start_platform: StartPlatform,
 ) -> None:

@@ -21,7 +21,7 @@ from agent.models import (
     parse_platform_frame,
 )
 from agent.platform.keys import hash_key
-from agent.platform.relay import Relay
+from agent.platform.relay import NoSocket, Relay
 from agent.platform.settings import PlatformSettings
 from agent.platform.store import ApiKey, Store, UnknownCursor
 
@@ -94,15 +94,25 @@ async def retrieve_environment(request: web.Request) -> web.Response:
 
 
 async def send_frame(request: web.Request) -> web.Response:
-    """ext: relay a platform frame (sync, change_device_state, …) to a live connection."""
+    """ext: relay a platform frame to a live connection; with a `request_id`, wait for the
+    daemon's answer and return it."""
     key = authenticate(request)
     connection_id = request.match_info["connection_id"]
     try:
         frame = parse_platform_frame(await request.read())
     except FrameError as exc:
         raise ApiError(422, "invalid_body", str(exc)) from None
-    if not await request.app[RELAY_KEY].send(key.organization_id, connection_id, frame):
-        raise ApiError(404, "not_found", f"no live socket for connectionId {connection_id!r}")
+    relay, wait_s = request.app[RELAY_KEY], request.app[SETTINGS_KEY].answer_wait_s
+    try:
+        answer = await relay.send(key.organization_id, connection_id, frame, wait_s)
+    except NoSocket:
+        raise ApiError(
+            404, "not_found", f"no live socket for connectionId {connection_id!r}"
+        ) from None
+    if answer is not None:
+        return web.json_response(answer.to_wire())
+    if getattr(frame, "request_id", None) is not None:
+        raise ApiError(504, "no_answer", f"the daemon did not answer within {wait_s:g} s")
     return web.Response(status=204)
 
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from agent.clock import now_ms
 from agent.models import (
     DisconnectFrame,
+    ExecuteCommandResponseFrame,
     FrameError,
     PingFrame,
     PlatformFrame,
     PongFrame,
+    SyncResponseFrame,
     UpdateDeviceStatusFrame,
     parse_daemon_frame,
 )
@@ -38,6 +40,13 @@ _PONG = PongFrame().to_json()
 _MAX_CLOSE_REASON = 120  # close reasons must fit in a 125-byte control frame
 
 
+Answer = ExecuteCommandResponseFrame | SyncResponseFrame
+
+
+class NoSocket(LookupError):
+    """No live socket holds that connection id (in that organization)."""
+
+
 @dataclass(eq=False)
 class LiveSocket:
     row_id: str
@@ -45,6 +54,8 @@ class LiveSocket:
     ws: web.WebSocketResponse
     left: bool = False
     bad_frames: int = 0
+    awaiting: dict[str, asyncio.Future[Answer]] = field(default_factory=dict)
+    """Answers awaited by `Relay.send`, by request id."""
 
 
 class Relay:
@@ -124,21 +135,43 @@ class Relay:
             self._store.mark_disconnected(live.row_id, live.connection_id, now)
             log.info("row %s is leaving: %s", live.row_id, frame.reason[:200] or "no reason")
         else:
-            log.info("row %s answered: %s", live.row_id, frame.to_json()[:500])
+            waiting = live.awaiting.get(frame.request_id or "")
+            if waiting is not None and not waiting.done():
+                waiting.set_result(frame)
+            else:
+                log.info("row %s answered %r, which nobody awaits", live.row_id, frame.request_id)
 
     def _ignore(self, live: LiveSocket, why: str) -> None:
         live.bad_frames += 1
         if live.bad_frames <= BAD_FRAMES_LOGGED or live.bad_frames % 1000 == 0:
             log.warning("row %s: ignored bad frame #%d: %s", live.row_id, live.bad_frames, why)
 
-    async def send(self, organization_id: str, connection_id: str, frame: PlatformFrame) -> bool:
-        """Send `frame` to the live socket holding `connection_id`; False when there is none."""
+    async def send(
+        self, organization_id: str, connection_id: str, frame: PlatformFrame, wait_s: float
+    ) -> Answer | None:
+        """Send `frame` to the live socket holding `connection_id` (NoSocket when none).
+
+        A frame with a `request_id` waits up to `wait_s` for the daemon's answer (None when
+        none came); other frames return None at once.
+        """
         issued = self._store.find_issued(organization_id, connection_id)
         live = self._live.get(issued.row_id) if issued else None
         if live is None or live.connection_id != connection_id:
-            return False
-        await live.ws.send_str(frame.to_json())
-        return True
+            raise NoSocket(connection_id)
+        request_id = getattr(frame, "request_id", None)
+        if request_id is None:
+            await live.ws.send_str(frame.to_json())
+            return None
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        live.awaiting[request_id] = answer
+        try:
+            await live.ws.send_str(frame.to_json())
+            async with asyncio.timeout(wait_s):
+                return await answer
+        except TimeoutError:
+            return None
+        finally:
+            live.awaiting.pop(request_id, None)
 
     async def close_all(self) -> None:
         """Going away (1001): daemons treat it as transient and come back."""

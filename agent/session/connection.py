@@ -145,7 +145,10 @@ class Session:
             ws.transport.abort()
 
     async def _serve(self, ws: ClientConnection) -> SessionEnd:
-        await self._send_status(ws)
+        try:
+            await self._send_status(ws)
+        except ConnectionClosed:
+            return self._closed(ws)
         tasks = {
             asyncio.create_task(self._read(ws), name="read"),
             asyncio.create_task(self._heartbeat(ws), name="heartbeat"),
@@ -161,11 +164,15 @@ class Session:
         finished = done.pop()
         if finished.get_name() == "stop":
             return await self._leave(ws)
-        if finished.exception() is not None:
-            failure = finished.exception()
-            if isinstance(failure, ConnectionClosed):
-                return self._closed(ws)
-            raise failure  # type: ignore[misc]  # a bug in this module: let it show
+        failure = finished.exception()
+        if isinstance(failure, ConnectionClosed):
+            return self._closed(ws)
+        if failure is not None:
+            # A bug of ours must not end the daemon: say so loudly, then start over.
+            log.error("the session failed", exc_info=failure)
+            return SessionEnd(
+                CloseAction.RECONNECT, f"internal error: {failure!r}", self._connected_at
+            )
         end = finished.result()
         assert isinstance(end, SessionEnd)
         return end

@@ -1,0 +1,171 @@
+"""Helpers for tests that run real daemons (`python -m agent run`) against real platforms."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agent.local_api import LocalApiAddress
+from tests.helpers import WAIT_S, wait_for
+
+
+@dataclass
+class DaemonProcess:
+    process: asyncio.subprocess.Process
+    env: dict[str, str]
+    state_dir: Path
+    stderr_lines: list[str] = field(default_factory=list)
+    stdout_lines: list[str] = field(default_factory=list)
+    _readers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def address_file(self) -> Path:
+        return self.state_dir / "envagent" / "local-api.json"
+
+    async def local_url(self) -> str:
+        async def read() -> str | None:
+            try:
+                return LocalApiAddress.model_validate_json(self.address_file.read_bytes()).url
+            except (FileNotFoundError, ValueError):
+                return None
+
+        url = await wait_for(read, lambda value: value is not None)
+        assert url is not None
+        return url
+
+    async def get(self, path: str, **params: str) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=await self.local_url(), timeout=WAIT_S) as http:
+            return await http.get(path, params=params)
+
+    async def status(self) -> dict[str, Any]:
+        reply = await self.get("/v1/status")
+        assert reply.status_code == 200, reply.text
+        status: dict[str, Any] = reply.json()
+        return status
+
+    async def wait_status(self, accept: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        return await wait_for(self.status, accept)
+
+    async def wait_exit(self) -> int:
+        code = await asyncio.wait_for(self.process.wait(), WAIT_S)
+        await asyncio.gather(*self._readers)
+        return code
+
+    async def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.process.send_signal(signum)
+        return await self.wait_exit()
+
+    def stderr(self) -> str:
+        return "".join(self.stderr_lines)
+
+
+async def _collect(stream: asyncio.StreamReader | None, into: list[str]) -> None:
+    assert stream is not None
+    async for line in stream:
+        into.append(line.decode(errors="replace"))
+
+
+async def start_daemon(
+    state_dir: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> DaemonProcess:
+    """Start `envagent run` with its own XDG dirs; the caller stops it (or the fixture does)."""
+    environ = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("LETTA_", "ENVAGENT_", "XDG_"))
+    }
+    environ |= {
+        "XDG_STATE_HOME": str(state_dir),
+        "XDG_CONFIG_HOME": str(state_dir / "config"),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "run", *args,
+        stdin=asyncio.subprocess.DEVNULL, stdout=-1, stderr=-1, env=environ, cwd=cwd,
+    )  # fmt: skip
+    daemon = DaemonProcess(process, environ, state_dir)
+    daemon._readers = [
+        asyncio.create_task(_collect(process.stdout, daemon.stdout_lines)),
+        asyncio.create_task(_collect(process.stderr, daemon.stderr_lines)),
+    ]
+    return daemon
+
+
+async def kill_all(daemons: list[DaemonProcess]) -> None:
+    for daemon in daemons:
+        if daemon.process.returncode is None:
+            daemon.process.kill()
+        with contextlib.suppress(TimeoutError):
+            await daemon.wait_exit()
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1 connections to a target; `freeze` stops forwarding on every open
+    connection without closing it, as a dead NAT or a pulled cable would."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target_port = target_port
+        self._server: asyncio.Server | None = None
+        self._frozen: list[asyncio.Event] = []
+        self._writers: list[asyncio.StreamWriter] = []
+        self._stopped = asyncio.Event()
+        self.connections = 0
+        self.port = 0
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{self.port}"
+
+    def freeze(self) -> None:
+        for frozen in self._frozen:
+            frozen.set()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        frozen = asyncio.Event()
+        self._frozen.append(frozen)
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self._target_port
+        )
+        self._writers += [writer, upstream_writer]
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer, frozen),
+            self._pipe(upstream_reader, writer, frozen),
+            return_exceptions=True,
+        )
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, frozen: asyncio.Event
+    ) -> None:
+        while not frozen.is_set():
+            data = await reader.read(65536)
+            if not data or frozen.is_set():
+                break
+            writer.write(data)
+            await writer.drain()
+        if not frozen.is_set():
+            writer.close()
+        else:
+            await self._stopped.wait()  # hold the socket open, forwarding nothing
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+Spawn = Callable[..., Awaitable[DaemonProcess]]

@@ -1,0 +1,117 @@
+"""The session's rules, decided without sockets: time and randomness are given."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from agent.session.policy import (
+    REREGISTER_AFTER_S,
+    CloseAction,
+    ReconnectPolicy,
+    Tick,
+    Watchdog,
+    backoff_delay,
+    close_action,
+    heartbeat_delay,
+    heartbeat_period,
+    parse_retry_after,
+)
+
+
+def test_backoff_doubles_from_one_second_to_a_thirty_second_cap() -> None:
+    assert [backoff_delay(n, lambda: 0.0) for n in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert backoff_delay(10_000, lambda: 0.0) == 30  # no overflow however long it fails
+
+
+def test_backoff_jitter_is_added_after_the_cap() -> None:
+    # At the cap the delays still spread, from 30 s up to 45 s.
+    assert backoff_delay(8, lambda: 0.999) == pytest.approx(44.985)
+    assert backoff_delay(0, lambda: 0.5) == 1.25
+
+
+def test_heartbeat_jitter_is_ten_percent_either_way() -> None:
+    assert heartbeat_delay(30, lambda: 0.0) == pytest.approx(27)
+    assert heartbeat_delay(30, lambda: 0.5) == pytest.approx(30)
+    assert heartbeat_delay(30, lambda: 1.0) == pytest.approx(33)
+
+
+def test_heartbeat_period_prefers_the_override_then_the_platform() -> None:
+    assert heartbeat_period(None, None) == 30
+    assert heartbeat_period(None, 5_000) == 5
+    assert heartbeat_period(250, 5_000) == 0.25
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        (" 120 ", 120.0),
+        ("Sun, 29 Nov 2026 12:00:30 GMT", 30.0),
+        ("Sun, 29 Nov 2026 11:00:00 GMT", 0.0),  # in the past: no extra wait
+        ("soon", None),
+        ("", None),
+        (None, None),
+        ("-5", None),
+    ],
+)
+def test_retry_after_as_seconds_or_an_http_date(header: str | None, seconds: float | None) -> None:
+    now = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after(header, now) == seconds
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "action"),
+    [
+        (1008, "unknown connection", CloseAction.REREGISTER),
+        (1000, "Replaced by new connection", CloseAction.STOP_REPLACED),
+        (1000, "bye", CloseAction.RECONNECT),
+        (1001, "platform shutting down", CloseAction.RECONNECT),
+        (1011, "", CloseAction.RECONNECT),
+        (1006, None, CloseAction.RECONNECT),
+        (None, None, CloseAction.RECONNECT),
+    ],
+)
+def test_close_codes(code: int | None, reason: str | None, action: CloseAction) -> None:
+    assert close_action(code, reason) is action
+
+
+def test_watchdog_gives_up_after_three_unanswered_pings() -> None:
+    dog = Watchdog()
+    assert [dog.tick() for _ in range(3)] == [Tick.PING] * 3
+    dog.pong()  # any pong clears the count
+    assert [dog.tick() for _ in range(4)] == [Tick.PING, Tick.PING, Tick.PING, Tick.DEAD]
+    assert (dog.sent, dog.answered, dog.unanswered) == (6, 1, 3)
+
+
+def test_reconnect_backoff_grows_while_connections_do_not_last() -> None:
+    policy = ReconnectPolicy(stable_after_s=30, rand=lambda: 0.0)
+    delays = []
+    now = 0.0
+    for _ in range(5):
+        policy.connected(now)
+        now += 1  # dropped after a second: not stable
+        delays.append(policy.lost(now).delay_s)
+    assert delays == [1, 2, 4, 8, 16]
+
+
+def test_reconnect_backoff_resets_after_a_stable_connection() -> None:
+    policy = ReconnectPolicy(stable_after_s=30, rand=lambda: 0.0)
+    assert [policy.lost(float(n)).delay_s for n in range(3)] == [1, 2, 4]
+    policy.connected(100.0)
+    assert policy.lost(130.0).delay_s == 1  # stayed up one heartbeat period
+
+
+def test_registers_again_after_five_minutes_of_failures() -> None:
+    policy = ReconnectPolicy(stable_after_s=30, rand=lambda: 0.0)
+    now = 1_000.0
+    decisions = []
+    while now < 1_000 + 2 * REREGISTER_AFTER_S + 60:
+        retry = policy.lost(now)
+        decisions.append((now, retry.register_again))
+        now += retry.delay_s
+    again = [at - 1_000 for at, register in decisions if register]
+    assert len(again) == 2
+    assert REREGISTER_AFTER_S <= again[0] < REREGISTER_AFTER_S + 31
+    assert REREGISTER_AFTER_S <= again[1] - again[0] < REREGISTER_AFTER_S + 31

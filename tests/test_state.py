@@ -1,0 +1,287 @@
+"""The state file: one device id per machine and user, 0600, atomic, never fatal when damaged."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import signal
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from agent import state as state_module
+from agent.paths import state_dir
+from agent.state import (
+    DaemonState,
+    LastConnection,
+    StateError,
+    StateStore,
+    state_path,
+)
+
+NOW = 1_700_000_000_000
+DEVICE_ID = "6f1c2a9e-3b4d-4e5f-8a7b-9c0d1e2f3a4b"
+
+
+@pytest.fixture(autouse=True)
+def _fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fixed `now`, so that timestamps and the moved-aside file names are known."""
+    monkeypatch.setattr(state_module, "now_ms", lambda: NOW)
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def state_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "envagent.state" and record.levelno == logging.WARNING
+    ]
+
+
+def test_state_path_is_in_the_xdg_state_dir(tmp_path: Path) -> None:
+    assert state_path(None) == tmp_path / "state" / "envagent" / "state.json"
+    assert state_path("work") == state_dir() / "state-work.json"
+
+
+def test_instance_ids_become_distinct_plain_file_names() -> None:
+    odd = [state_path(instance) for instance in ("a/b", "a_b", "../x", "", "é")]
+    assert all(path.parent == state_dir() for path in odd)
+    assert all("/" not in path.name and path.name.startswith("state-") for path in odd)
+    assert len(set(odd)) == len(odd)
+
+
+def test_first_load_creates_a_state_and_a_reload_keeps_it() -> None:
+    path = state_path(None)
+    created = StateStore(path).load()
+    assert uuid.UUID(created.device_id).version == 4
+    assert created.first_seen_at == NOW
+    assert created.mode == "default"
+    assert created.last_connection is None
+    assert json.loads(path.read_bytes())["version"] == 1
+    assert StateStore(path).load() == created
+
+
+def test_the_file_is_private_and_is_made_private_again() -> None:
+    path = state_path(None)
+    created = StateStore(path).load()
+    assert mode_of(path) == 0o600
+    path.chmod(0o644)
+    assert StateStore(path).load() == created
+    assert mode_of(path) == 0o600
+
+
+def test_saves_leave_no_temporary_files() -> None:
+    store = StateStore(state_path(None))
+    store.load()
+    store.update(mode="acceptEdits")
+    store.update(mode="standard")
+    assert os.listdir(state_dir()) == ["state.json"]
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Make the kernel refuse (EFBIG) any write past `limit` bytes, as a full disk would."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_a_failed_write_keeps_the_old_file_whole() -> None:
+    path = state_path(None)
+    store = StateStore(path)
+    store.load()
+    before = path.read_bytes()
+    with file_size_limit(8), pytest.raises(StateError) as raised:
+        store.update(mode="unrestricted")
+    assert path.read_bytes() == before
+    assert os.listdir(state_dir()) == ["state.json"]
+    assert str(path) in str(raised.value)
+    assert StateStore(path).load().mode == "default"
+
+
+def test_an_unusable_folder_is_a_state_error_naming_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    path = blocker / "state.json"
+    fresh = DaemonState(device_id=DEVICE_ID, first_seen_at=NOW)
+    for action in (StateStore(path).load, lambda: StateStore(path).save(fresh)):
+        with pytest.raises(StateError) as raised:
+            action()
+        message = str(raised.value)
+        assert str(path) in message
+        assert "\n" not in message
+
+
+def good_document(**changes: object) -> dict[str, object]:
+    document: dict[str, object] = {
+        "version": 1,
+        "device_id": DEVICE_ID,
+        "first_seen_at": 1_600_000_000_000,
+        "mode": "acceptEdits",
+        "last_connection": None,
+    }
+    return {**document, **changes}
+
+
+def dumped(document: dict[str, object]) -> bytes:
+    return json.dumps(document, indent=2).encode()
+
+
+def truncated_after(marker: bytes) -> bytes:
+    """A good file cut just after `marker`, as a crash in a non-atomic write would leave it."""
+    text = dumped(good_document())
+    return text[: text.index(marker) + len(marker)]
+
+
+KEEPS_BOTH = (DEVICE_ID, 1_600_000_000_000)
+KEEPS_ID = (DEVICE_ID, NOW)
+KEEPS_NOTHING = (None, NOW)
+
+
+@pytest.mark.parametrize(
+    ("content", "kept", "problem"),
+    [
+        pytest.param(b"", KEEPS_NOTHING, "empty", id="empty"),
+        pytest.param(b"  \n", KEEPS_NOTHING, "empty", id="blank"),
+        pytest.param(b"\x00\xffgarbage{", KEEPS_NOTHING, "not JSON", id="garbage"),
+        pytest.param(b"[1, 2]", KEEPS_NOTHING, "not an object", id="not-an-object"),
+        pytest.param(
+            truncated_after(b'"device_id": "6f1c'), KEEPS_NOTHING, "not JSON", id="cut-in-id"
+        ),
+        pytest.param(
+            truncated_after(b'"first_seen_at": 16'), KEEPS_ID, "not JSON", id="cut-in-time"
+        ),
+        pytest.param(
+            truncated_after(b'"first_seen_at": 1600000000000,'),
+            KEEPS_BOTH,
+            "not JSON",
+            id="cut-after-time",
+        ),
+        pytest.param(truncated_after(b'"mode": "acc'), KEEPS_BOTH, "not JSON", id="cut-in-mode"),
+        pytest.param(dumped(good_document(mode="auto")), KEEPS_BOTH, "mode", id="bad-mode"),
+        pytest.param(dumped(good_document(version=2)), KEEPS_BOTH, "version 2", id="version-2"),
+        pytest.param(dumped(good_document(version=None)), KEEPS_BOTH, "version", id="no-version"),
+        pytest.param(
+            dumped(good_document(first_seen_at="yesterday")),
+            KEEPS_ID,
+            "first_seen_at",
+            id="bad-time",
+        ),
+        pytest.param(dumped(good_document(device_id=42)), KEEPS_NOTHING, "device_id", id="bad-id"),
+        pytest.param(
+            dumped(good_document(last_connection={"at": "now"})),
+            KEEPS_BOTH,
+            "last_connection",
+            id="bad-connection",
+        ),
+    ],
+)
+def test_a_damaged_file_is_moved_aside_logged_once_and_rebuilt(
+    caplog: pytest.LogCaptureFixture,
+    content: bytes,
+    kept: tuple[str | None, int],
+    problem: str,
+) -> None:
+    path = state_path(None)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    kept_id, kept_first_seen = kept
+
+    rebuilt = StateStore(path).load()
+
+    if kept_id is None:
+        assert uuid.UUID(rebuilt.device_id).version == 4
+    else:
+        assert rebuilt.device_id == kept_id
+    assert rebuilt.first_seen_at == kept_first_seen
+    assert rebuilt.mode == "default"
+    aside = path.with_name(f"state.json.corrupt-{NOW}")
+    assert aside.read_bytes() == content
+    assert mode_of(aside) == 0o600
+    assert mode_of(path) == 0o600
+    [warning] = state_warnings(caplog)
+    assert str(path) in warning
+    assert problem in warning
+    assert "\n" not in warning
+    caplog.clear()
+    assert StateStore(path).load() == rebuilt
+    assert state_warnings(caplog) == []
+
+
+def test_a_damaged_file_stays_put_until_its_replacement_is_written() -> None:
+    path = state_path(None)
+    path.parent.mkdir(parents=True)
+    damaged = dumped(good_document(mode="auto"))
+    path.write_bytes(damaged)
+    with file_size_limit(8), pytest.raises(StateError):
+        StateStore(path).load()
+    assert path.read_bytes() == damaged
+    assert StateStore(path).load().device_id == DEVICE_ID
+
+
+def test_instances_share_the_device_id_of_the_default_file() -> None:
+    work = StateStore(state_path("work")).load()
+    default = StateStore(state_path(None)).load()
+    other = StateStore(state_path("other/one")).load()
+    assert work.device_id == default.device_id == other.device_id
+    assert work.first_seen_at == default.first_seen_at
+
+
+def test_an_instance_keeps_its_own_mode() -> None:
+    StateStore(state_path(None)).load()
+    StateStore(state_path("work")).update(mode="bypassPermissions")
+    assert StateStore(state_path(None)).load().mode == "default"
+    assert StateStore(state_path("work")).load().mode == "bypassPermissions"
+
+
+def test_a_damaged_instance_file_without_an_id_takes_the_default_one() -> None:
+    default = StateStore(state_path(None)).load()
+    path = state_path("work")
+    path.write_bytes(b"{")
+    assert StateStore(path).load().device_id == default.device_id
+
+
+def test_a_restart_keeps_mode_and_last_connection() -> None:
+    path = state_path(None)
+    connection = LastConnection(
+        platform_url="http://127.0.0.1:8283",
+        connection_id="conn-1",
+        ws_url="ws://127.0.0.1:8283/v1/listener/ws?connectionId=conn-1",
+        environment_id="env-1",
+        at=NOW,
+    )
+    running = StateStore(path)
+    before = running.update(mode="acceptEdits", last_connection=connection)
+
+    after = StateStore(path).load()
+
+    assert after == before
+    assert after.mode == "acceptEdits"
+    assert after.last_connection == connection
+
+
+def test_update_refuses_bad_changes_and_leaves_the_file_alone() -> None:
+    path = state_path(None)
+    store = StateStore(path)
+    store.load()
+    before = path.read_bytes()
+    with pytest.raises(TypeError, match="mdoe"):
+        store.update(mdoe="standard")
+    with pytest.raises(ValidationError):
+        store.update(mode="auto")
+    assert path.read_bytes() == before
