@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/envagent platform serve
+	$(BIN)/envagent run --foreground
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent tests

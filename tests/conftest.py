@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from agent.platform.server import PlatformServer
 from agent.platform.settings import PlatformSettings
+from tests.daemon_helpers import DaemonProcess, Spawn, kill_all, start_daemon
 from tests.helpers import Platform
 
 StartPlatform = Callable[..., Awaitable[Platform]]
@@ -46,3 +48,40 @@ async def start_platform(tmp_path: Path) -> AsyncIterator[StartPlatform]:
 @pytest.fixture
 async def platform(start_platform: StartPlatform) -> Platform:
     return await start_platform()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git repository on branch `main` for a daemon to serve."""
+    path = tmp_path / "repo"
+    path.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    return path
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
+    """Start `envagent run` processes (killed after the test if still running).
+
+    With a platform URL and key they go in LETTA_BASE_URL and LETTA_API_KEY; without, the
+    daemon starts its embedded platform. Heartbeats are 200 ms unless `--heartbeat-ms` is given
+    or `heartbeat_ms=None` leaves the platform's period.
+    """
+    started: list[DaemonProcess] = []
+
+    async def start(
+        platform_url: str | None,
+        key: str | None,
+        *args: str,
+        state: str = "daemon",
+        cwd: Path | None = None,
+        heartbeat_ms: str | None = "200",
+    ) -> DaemonProcess:
+        env = {"LETTA_BASE_URL": platform_url or "", "LETTA_API_KEY": key or ""}
+        period = ["--heartbeat-ms", heartbeat_ms] if heartbeat_ms else []
+        daemon = await start_daemon(tmp_path / state, *period, *args, env=env, cwd=cwd or tmp_path)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    await kill_all(started)

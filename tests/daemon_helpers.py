@@ -18,6 +18,11 @@ from agent.local_api import LocalApiAddress
 from tests.helpers import WAIT_S, wait_for
 
 
+def online(status: dict[str, Any]) -> bool:
+    """The daemon is connected and the platform has answered a heartbeat."""
+    return status["state"] == "online" and status["heartbeats"]["answered"] >= 1
+
+
 @dataclass
 class DaemonProcess:
     process: asyncio.subprocess.Process

@@ -10,14 +10,11 @@ import asyncio
 import json
 import shutil
 import signal
-import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from aiohttp import web
 from letta_client import AsyncLetta
 
@@ -25,43 +22,8 @@ from agent import __version__, exitcodes
 from agent.platform.keys import create_key
 from agent.platform.store import ApiKey
 from tests.conftest import StartPlatform
-from tests.daemon_helpers import DaemonProcess, Spawn, TcpProxy, kill_all, start_daemon
+from tests.daemon_helpers import Spawn, TcpProxy, online
 from tests.helpers import WAIT_S, Platform, wait_for
-
-HEARTBEAT_MS = "200"
-
-
-def online(status: dict[str, Any]) -> bool:
-    return status["state"] == "online" and status["heartbeats"]["answered"] >= 1
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """A git repository on branch `main` for the daemon to serve."""
-    path = tmp_path / "repo"
-    path.mkdir()
-    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
-    return path
-
-
-@pytest.fixture
-async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
-    started: list[DaemonProcess] = []
-
-    async def start(
-        platform_url: str, key: str, *args: str, state: str = "daemon", cwd: Path | None = None
-    ) -> DaemonProcess:
-        daemon = await start_daemon(
-            tmp_path / state,
-            "--heartbeat-ms", HEARTBEAT_MS, *args,
-            env={"LETTA_BASE_URL": platform_url, "LETTA_API_KEY": key},
-            cwd=cwd or tmp_path,
-        )  # fmt: skip
-        started.append(daemon)
-        return daemon
-
-    yield start
-    await kill_all(started)
 
 
 async def platform_row(platform: Platform, device_id: str) -> dict[str, Any]:
