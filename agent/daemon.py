@@ -196,7 +196,7 @@ class Daemon:
         progress.connected_at = progress.last_pong_at = now_ms()
         progress.last_error = None
 
-    def heartbeat_answered(self, watchdog: Watchdog) -> None:
+    def heartbeat_answered(self) -> None:
         self._progress.last_pong_at = now_ms()
 
     # --- what the local API shows -----------------------------------------------------------
@@ -334,8 +334,9 @@ class Daemon:
                     heartbeat_s=progress.heartbeat_s,
                     rand=self._rand,
                     stopping=self.stopping,
+                    watchdog=progress.watchdog,
                 )
-                progress.watchdog = session.watchdog
+                policy.stable_after_s = progress.heartbeat_s  # the platform may assign a new one
                 end = await session.run()
                 if end.connected_at is not None:
                     policy.connected(end.connected_at)

@@ -344,3 +344,19 @@ async def test_a_thousand_malformed_frames_do_not_end_the_session(
         assert await daemon.stop() == exitcodes.OK
     finally:
         await runner.cleanup()
+
+
+async def test_a_branch_switch_reaches_the_platform_at_the_next_heartbeat(
+    platform: Platform, spawn: Spawn, repo: Path
+) -> None:
+    daemon = await spawn(platform.url, platform.key, cwd=repo)
+    status = await daemon.wait_status(online)
+    switch = await asyncio.create_subprocess_exec(
+        "git", "-C", str(repo), "symbolic-ref", "HEAD", "refs/heads/feature/x"
+    )
+    assert await asyncio.wait_for(switch.wait(), WAIT_S) == 0
+    row = await wait_for(
+        lambda: platform_row(platform, status["deviceId"]),
+        lambda r: r["metadata"]["gitBranch"] == "feature/x",
+    )
+    assert row["connectionId"] == status["connectionId"]  # the same session told it

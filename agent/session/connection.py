@@ -70,7 +70,7 @@ class SessionHost(Protocol):
 
     def connected(self, connection_id: str) -> None: ...
 
-    def heartbeat_answered(self, watchdog: Watchdog) -> None: ...
+    def heartbeat_answered(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ class Session:
         heartbeat_s: float,
         rand: Random,
         stopping: asyncio.Event,
+        watchdog: Watchdog,
     ) -> None:
         self._host = host
         self._api_key = api_key
@@ -113,7 +114,7 @@ class Session:
         self._heartbeat_s = heartbeat_s
         self._rand = rand
         self._stopping = stopping
-        self.watchdog = Watchdog()
+        self.watchdog = watchdog
         self._connected_at: float | None = None
 
     async def run(self) -> SessionEnd:
@@ -135,6 +136,7 @@ class Session:
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             return SessionEnd(CloseAction.RECONNECT, f"cannot open the socket: {exc!r}", None)
         self._connected_at = time.monotonic()
+        self.watchdog.new_connection()
         self._host.connected(self._connection_id)
         log.info("connected (%s)", self._connection_id)
         try:
@@ -222,7 +224,7 @@ class Session:
     ) -> None:
         if isinstance(frame, PongFrame):
             self.watchdog.pong()
-            self._host.heartbeat_answered(self.watchdog)
+            self._host.heartbeat_answered()
         elif isinstance(frame, ChangeDeviceStateFrame):
             await self._host.change_device_state(frame)
             await self._send_status(ws)

@@ -101,6 +101,10 @@ class Watchdog:
         self.unanswered = 0
         self.answered += 1
 
+    def new_connection(self) -> None:
+        """Pings of an old socket say nothing about a new one; the totals go on."""
+        self.unanswered = 0
+
 
 @dataclass(frozen=True)
 class Retry:
