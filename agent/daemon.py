@@ -79,7 +79,6 @@ class Platform:
     url: str
     api_key: str
     embedded: bool
-    stop: asyncio.Event | None = None
 
 
 @dataclass

@@ -145,62 +145,34 @@ class Store:
         still open keeps serving until the new connection's socket replaces it.
         """
         connection_id = f"conn-{uuid.uuid4()}"
-        instance = request.listener_instance_id or ""
-        metadata = request.metadata.to_json()
-        source = request.source or "local"
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            found = self._db.execute(
-                "SELECT id FROM environments "
-                "WHERE organization_id = ? AND device_id = ? AND listener_instance_id = ?",
-                (key.organization_id, request.device_id, instance),
-            ).fetchone()
-            if found:
-                row_id = found[0]
-                self._db.execute(
-                    "UPDATE environments SET user_id = ?, api_key_owner = ?, "
-                    "connection_name = ?, source = ?, "
-                    "current_mode = COALESCE(?, current_mode), metadata = ?, "
-                    "issued_connection_id = ?, last_seen_at = ? WHERE id = ?",
-                    (
-                        key.user_id,
-                        key.owner,
-                        request.connection_name,
-                        source,
-                        request.current_mode,
-                        metadata,
-                        connection_id,
-                        now,
-                        row_id,
-                    ),
-                )
-            else:
-                row_id = f"env-{uuid.uuid4()}"
-                self._db.execute(
-                    "INSERT INTO environments (id, organization_id, device_id, "
-                    "listener_instance_id, user_id, api_key_owner, connection_name, source, "
-                    "current_mode, metadata, issued_connection_id, first_seen_at, last_seen_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        row_id,
-                        key.organization_id,
-                        request.device_id,
-                        instance,
-                        key.user_id,
-                        key.owner,
-                        request.connection_name,
-                        source,
-                        request.current_mode,
-                        metadata,
-                        connection_id,
-                        now,
-                        now,
-                    ),
-                )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+        (row_id,) = self._db.execute(
+            "INSERT INTO environments (id, organization_id, device_id, listener_instance_id, "
+            "user_id, api_key_owner, connection_name, source, current_mode, metadata, "
+            "issued_connection_id, first_seen_at, last_seen_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (organization_id, device_id, listener_instance_id) DO UPDATE SET "
+            "user_id = excluded.user_id, api_key_owner = excluded.api_key_owner, "
+            "connection_name = excluded.connection_name, source = excluded.source, "
+            "current_mode = COALESCE(excluded.current_mode, current_mode), "
+            "metadata = excluded.metadata, issued_connection_id = excluded.issued_connection_id, "
+            "last_seen_at = excluded.last_seen_at "
+            "RETURNING id",
+            (
+                f"env-{uuid.uuid4()}",
+                key.organization_id,
+                request.device_id,
+                request.listener_instance_id or "",
+                key.user_id,
+                key.owner,
+                request.connection_name,
+                request.source or "local",
+                request.current_mode,
+                request.metadata.to_json(),
+                connection_id,
+                now,
+                now,
+            ),
+        ).fetchone()
         return row_id, connection_id
 
     def find_issued(self, organization_id: str, connection_id: str) -> IssuedConnection | None:
