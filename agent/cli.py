@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -71,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--foreground", action="store_true", help="human logs on the terminal")
     run.add_argument("--debug", action="store_true", default=None, help="show every frame")
     run.add_argument("--parent-pid", type=_positive_int, help="stop when this process exits")
+    run.add_argument(
+        "--attach",
+        action="store_true",
+        help="if a daemon already serves this identity, print its local API address and exit 0",
+    )
 
     status = commands.add_parser("status", help="what the running daemon is doing")
     _settings_flags(status, ["listener_instance_id", "base_url"])
@@ -186,13 +190,3 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
         for name in ("run", "status", "list", "mode", "metadata", "config")
     },
 }
-
-
-def configure_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not debug:
-        for noisy in ("websockets", "aiohttp.access", "httpx", "httpcore"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)

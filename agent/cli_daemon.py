@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 
 from agent import __version__, exitcodes
-from agent.cli import SETTING_FLAGS, configure_logging, fail
+from agent.cli import SETTING_FLAGS, fail
 from agent.client import (
     ClientError,
     LocalClient,
@@ -18,11 +19,15 @@ from agent.client import (
 from agent.clock import now_ms
 from agent.commands import Commands
 from agent.config import LoadedSettings, Settings, load_settings, render_settings
-from agent.daemon import Daemon, Platform
-from agent.embedded import embedded_key_file, start_embedded
+from agent.daemon import Daemon
+from agent.embedded import embedded_key_file
+from agent.logs import register_secret, setup_logging
 from agent.metadata import MetadataCollector
 from agent.models import DaemonStatus, EnvironmentRow, parse_mode
 from agent.platform.settings import ONLINE_WINDOW_MS
+from agent.service.lock import AlreadyRunning, read_holder
+
+ATTACH_WAIT_S = 5.0
 
 
 def _load(args: argparse.Namespace) -> LoadedSettings:
@@ -37,27 +42,29 @@ def _load(args: argparse.Namespace) -> LoadedSettings:
 
 def run_command(args: argparse.Namespace) -> int:
     settings = _load(args).settings
-    configure_logging(settings.debug)
-    return asyncio.run(_run(settings, args.parent_pid))
-
-
-async def _run(settings: Settings, parent_pid: int | None) -> int:
-    embedded = None
-    if settings.base_url is None:
-        embedded, platform = await start_embedded()
-    elif settings.api_key is None:
-        return fail(
-            f"no API key for {settings.base_url}: set LETTA_API_KEY or api_key in the config file",
-            exitcodes.CONFIG,
-        )
-    else:
-        platform = Platform(settings.base_url, settings.api_key.get_secret_value(), embedded=False)
-    daemon = Daemon(settings, platform, parent_pid=parent_pid, on_ready=_banner)
+    setup_logging(debug=settings.debug, human=args.foreground, log_file=settings.log_file)
+    if settings.api_key is not None:
+        register_secret(settings.api_key.get_secret_value())
+    daemon = Daemon(settings, parent_pid=args.parent_pid, on_ready=_banner)
     try:
-        return await daemon.run()
-    finally:
-        if embedded is not None:
-            await embedded.stop()
+        return asyncio.run(daemon.run())
+    except AlreadyRunning as held:
+        if args.attach:
+            return _attach(held)
+        return fail(f"{held}; use --attach to use it", exitcodes.ALREADY_RUNNING)
+
+
+def _attach(held: AlreadyRunning) -> int:
+    """Print the running daemon's local API; it may still be starting, so wait a little."""
+    deadline = time.monotonic() + ATTACH_WAIT_S
+    holder = held.holder
+    while (holder is None or holder.local_api is None) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        holder = read_holder(held.path)
+    if holder is None or holder.local_api is None:
+        return fail(f"{held}, but it has no local API yet", exitcodes.ALREADY_RUNNING)
+    print(holder.local_api)
+    return exitcodes.OK
 
 
 def _banner(daemon: Daemon) -> None:

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from agent import exitcodes
-from agent.cli import configure_logging, fail
+from agent.cli import fail
+from agent.logs import setup_logging
 from agent.platform.keys import create_key
 from agent.platform.server import serve_forever
 from agent.platform.settings import PlatformSettings, default_db
@@ -20,7 +21,7 @@ def _db(args: argparse.Namespace) -> Path:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    configure_logging(args.debug)
+    setup_logging(debug=args.debug, human=False)
     settings = PlatformSettings(
         db=_db(args),
         host=args.host,

@@ -26,6 +26,7 @@ from agent.commands import Commands
 from agent.config import Settings
 from agent.files import write_private
 from agent.local_api import LocalApi, LocalApiAddress, load_or_create_token
+from agent.logs import register_secret
 from agent.metadata import MetadataCollector
 from agent.models import (
     ChangeDeviceStateFrame,
@@ -46,6 +47,8 @@ from agent.models import (
 )
 from agent.parent import ParentWatch
 from agent.paths import instance_file
+from agent.service.lock import EMBEDDED, InstanceLock, LockHolder
+from agent.service.notify import Notifier
 from agent.session.connection import Session, socket_url
 from agent.session.policy import (
     CloseAction,
@@ -101,14 +104,14 @@ class Daemon:
     def __init__(
         self,
         settings: Settings,
-        platform: Platform,
         *,
         parent_pid: int | None = None,
         on_ready: Callable[[Daemon], None] | None = None,
         rand: Random = random.random,
     ) -> None:
         self.settings = settings
-        self.platform = platform
+        self.platform = Platform(settings.base_url or "", "", embedded=settings.base_url is None)
+        """Until `run` resolves it (the embedded platform's URL is known only once started)."""
         self.source: Source = settings.source
         self._parent_pid = parent_pid
         self._on_ready = on_ready
@@ -126,6 +129,7 @@ class Daemon:
         self._started_at = now_ms()
         self._started_monotonic = time.monotonic()
         self._local_api: LocalApi | None = None
+        self._notifier = Notifier()
         self.stopping = asyncio.Event()
         self.changed = asyncio.Event()
 
@@ -189,7 +193,8 @@ class Daemon:
 
     def connected(self, connection_id: str) -> None:
         progress = self._progress
-        progress.state = "online"
+        self._set_state("online", f"connection {connection_id}")
+        self._notifier.watchdog()
         progress.connects += 1
         progress.connection_id = connection_id
         progress.connected_at = progress.last_pong_at = now_ms()
@@ -197,6 +202,7 @@ class Daemon:
 
     def heartbeat_answered(self) -> None:
         self._progress.last_pong_at = now_ms()
+        self._notifier.watchdog()
 
     # --- what the local API shows -----------------------------------------------------------
 
@@ -267,13 +273,42 @@ class Daemon:
     # --- the run ----------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Run until stopped or refused; returns the exit code."""
+        """Run until stopped or refused; returns the exit code.
+
+        Raises AlreadyRunning when another live daemon holds this identity.
+        """
+        try:
+            async with contextlib.AsyncExitStack() as cleanup:
+                await self._start(cleanup)
+                return await self._connect_loop()
+        except Finished as finished:
+            return finished.code
+        finally:
+            self._set_state("stopped")
+            self._notifier.stopping()
+            self._notifier.close()
+
+    async def _start(self, cleanup: contextlib.AsyncExitStack) -> None:
+        """Everything local, in order, each undone on the way out: never waits for the platform."""
         self._state = await asyncio.to_thread(self._load_state)
-        await self.refresh()
         instance = self.settings.listener_instance_id
-        address_file = instance_file("local-api", instance, ".json")
-        token_file = instance_file("local-api-token", instance)
-        token = await asyncio.to_thread(load_or_create_token, token_file)
+        lock = InstanceLock(
+            LockHolder(
+                pid=os.getpid(),
+                platform=self.settings.base_url or EMBEDDED,
+                device_id=self.state.device_id,
+                instance_id=instance,
+            )
+        )
+        await asyncio.to_thread(lock.acquire)
+        cleanup.callback(lock.release)
+        self.platform = await self._open_platform(cleanup)
+        register_secret(self.platform.api_key)
+        await self.refresh()
+        token = await asyncio.to_thread(
+            load_or_create_token, instance_file("local-api-token", instance)
+        )
+        register_secret(token)
         self._local_api = LocalApi(
             self,
             host=self.settings.local_api_host,
@@ -282,22 +317,38 @@ class Daemon:
             token=token,
         )
         url = await self._local_api.start()
+        cleanup.push_async_callback(self._local_api.stop)
+        address_file = instance_file("local-api", instance, ".json")
         address = LocalApiAddress(url=url, pid=os.getpid())
         await asyncio.to_thread(write_private, address_file, address.model_dump_json().encode())
+        cleanup.callback(address_file.unlink, missing_ok=True)
+        await asyncio.to_thread(lock.set_local_api, url)
         self._install_signal_handlers()
+        if self._parent_pid:
+            cleanup.callback(ParentWatch(self._parent_pid, self._parent_exited).cancel)
+        self._notifier.ready(f"started; local API at {url}")
         if self._on_ready is not None:
             self._on_ready(self)
-        watcher = ParentWatch(self._parent_pid, self._parent_died) if self._parent_pid else None
-        try:
-            return await self._connect_loop()
-        except Finished as finished:
-            return finished.code
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-            await self._local_api.stop()
-            address_file.unlink(missing_ok=True)
-            self._progress.state = "stopped"
+
+    async def _open_platform(self, cleanup: contextlib.AsyncExitStack) -> Platform:
+        settings = self.settings
+        if settings.base_url is None:
+            from agent.embedded import start_embedded  # the platform's code only when used
+
+            server, platform = await start_embedded()
+            cleanup.push_async_callback(server.stop)
+            return platform
+        if settings.api_key is None:
+            log.error(
+                "no API key for %s: set LETTA_API_KEY or api_key in the config file",
+                settings.base_url,
+            )
+            raise Finished(exitcodes.CONFIG)
+        return Platform(settings.base_url, settings.api_key.get_secret_value(), embedded=False)
+
+    def _set_state(self, state: str, detail: str | None = None) -> None:
+        self._progress.state = state
+        self._notifier.status(f"{state}: {detail}" if detail else state)
 
     def _load_state(self) -> DaemonState:
         state = self._store.load()
@@ -311,11 +362,14 @@ class Daemon:
             loop.add_signal_handler(signum, self._stop_requested, signum)
 
     def _stop_requested(self, signum: int) -> None:
-        log.info("%s: stopping", signal.Signals(signum).name)
-        self.stopping.set()
+        self._begin_stop(signal.Signals(signum).name)
 
-    def _parent_died(self) -> None:
-        log.info("the parent process %s exited: stopping", self._parent_pid)
+    def _parent_exited(self) -> None:
+        self._begin_stop(f"the parent process {self._parent_pid} exited")
+
+    def _begin_stop(self, why: str) -> None:
+        log.info("%s: stopping", why)
+        self._notifier.stopping()
         self.stopping.set()
 
     async def _connect_loop(self) -> int:
@@ -324,7 +378,7 @@ class Daemon:
             progress = self._progress
             policy = ReconnectPolicy(stable_after_s=progress.heartbeat_s, rand=self._rand)
             while not self.stopping.is_set():
-                progress.state = "connecting"
+                self._set_state("connecting")
                 session = Session(
                     self,
                     api_key=self.platform.api_key,
@@ -341,10 +395,9 @@ class Daemon:
                     policy.connected(end.connected_at)
                 if end.action is None:
                     return exitcodes.OK
-                progress.state = "reconnecting"
                 progress.last_error = end.reason
                 if end.action is CloseAction.STOP_REPLACED:
-                    progress.state = "replaced"
+                    self._set_state("replaced")
                     log.error(
                         "another process took this identity (device %s): stopping; "
                         "this daemon never fights for the slot",
@@ -352,6 +405,7 @@ class Daemon:
                     )
                     raise Finished(exitcodes.REPLACED)
                 retry = policy.lost(time.monotonic())
+                self._set_state("reconnecting", end.reason)
                 log.warning("%s: retrying in %.1f s", end.reason, retry.delay_s)
                 if await self._wait(retry.delay_s):
                     return exitcodes.OK
@@ -362,7 +416,7 @@ class Daemon:
     async def _register(self, client: httpx.AsyncClient) -> RegisterReply:
         """Register, retrying transient failures; raises Finished when refused or stopped."""
         progress = self._progress
-        progress.state = "registering"
+        self._set_state("registering")
         await self.refresh()
         request = RegisterRequest(
             device_id=self.state.device_id,
@@ -375,6 +429,7 @@ class Daemon:
 
         def retrying(failure: TransientRegistrationError, delay: float) -> None:
             progress.last_error = str(failure)
+            self._notifier.status(f"registering: {failure}")
             log.warning("registration failed: %s; retrying in %.1f s", failure, delay)
 
         attempt = asyncio.ensure_future(
@@ -401,7 +456,7 @@ class Daemon:
         try:
             reply = attempt.result()
         except RegistrationRefused as exc:
-            progress.state = "refused"
+            self._set_state("refused", str(exc))
             progress.last_error = str(exc)
             log.error("%s", exc)
             raise Finished(exitcodes.CREDENTIALS) from None

@@ -10,3 +10,5 @@ CREDENTIALS = 3
 """The platform refused the API key, or refused registration for good (404, not Letta)."""
 REPLACED = 4
 """Another process took this identity (close 1000 `Replaced by new connection`)."""
+ALREADY_RUNNING = 5
+"""Another live daemon holds this identity (platform URL, device id, instance id)."""

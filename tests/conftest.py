@@ -77,10 +77,13 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
         state: str = "daemon",
         cwd: Path | None = None,
         heartbeat_ms: str | None = "200",
+        instance: str | None = None,
     ) -> DaemonProcess:
         env = {"LETTA_BASE_URL": platform_url or "", "LETTA_API_KEY": key or ""}
         period = ["--heartbeat-ms", heartbeat_ms] if heartbeat_ms else []
-        daemon = await start_daemon(tmp_path / state, *period, *args, env=env, cwd=cwd or tmp_path)
+        daemon = await start_daemon(
+            tmp_path / state, *period, *args, env=env, cwd=cwd or tmp_path, instance=instance
+        )
         started.append(daemon)
         return daemon
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -28,13 +29,15 @@ class DaemonProcess:
     process: asyncio.subprocess.Process
     env: dict[str, str]
     state_dir: Path
+    instance: str | None = None
     stderr_lines: list[str] = field(default_factory=list)
     stdout_lines: list[str] = field(default_factory=list)
     _readers: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def address_file(self) -> Path:
-        return self.state_dir / "envagent" / "local-api.json"
+        name = f"local-api-{self.instance}.json" if self.instance else "local-api.json"
+        return self.state_dir / "envagent" / name
 
     async def local_url(self) -> str:
         async def read() -> str | None:
@@ -58,7 +61,19 @@ class DaemonProcess:
         return status
 
     async def wait_status(self, accept: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        return await wait_for(self.status, accept)
+        """Wait until this process answers with a status `accept` likes. A file left by a
+        killed daemon may name a dead address for a moment: that counts as not yet."""
+
+        async def probe() -> dict[str, Any] | None:
+            try:
+                status = await self.status()
+            except httpx.TransportError:
+                return None
+            return status if status["pid"] == self.process.pid else None
+
+        found = await wait_for(probe, lambda status: status is not None and accept(status))
+        assert found is not None
+        return found
 
     async def wait_exit(self) -> int:
         code = await asyncio.wait_for(self.process.wait(), WAIT_S)
@@ -72,6 +87,10 @@ class DaemonProcess:
     def stderr(self) -> str:
         return "".join(self.stderr_lines)
 
+    def log_records(self) -> list[dict[str, Any]]:
+        """The daemon's log: JSON lines, since its stderr is not a terminal."""
+        return [json.loads(line) for line in self.stderr_lines if line.startswith("{")]
+
 
 async def _collect(stream: asyncio.StreamReader | None, into: list[str]) -> None:
     assert stream is not None
@@ -80,7 +99,11 @@ async def _collect(stream: asyncio.StreamReader | None, into: list[str]) -> None
 
 
 async def start_daemon(
-    state_dir: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    state_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    instance: str | None = None,
 ) -> DaemonProcess:
     """Start `envagent run` with its own XDG dirs; the caller stops it (or the fixture does)."""
     environ = {
@@ -94,11 +117,13 @@ async def start_daemon(
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
+    if instance is not None:
+        args = (*args, "--listener-instance-id", instance)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent", "run", *args,
         stdin=asyncio.subprocess.DEVNULL, stdout=-1, stderr=-1, env=environ, cwd=cwd,
     )  # fmt: skip
-    daemon = DaemonProcess(process, environ, state_dir)
+    daemon = DaemonProcess(process, environ, state_dir, instance)
     daemon._readers = [
         asyncio.create_task(_collect(process.stdout, daemon.stdout_lines)),
         asyncio.create_task(_collect(process.stderr, daemon.stderr_lines)),

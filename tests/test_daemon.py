@@ -235,9 +235,9 @@ async def test_refused_key_is_one_line_and_the_credentials_code(
     proxy = TcpProxy(platform.server.port)
     daemon = await spawn(await proxy.start(), "envk_not-a-real-key")
     assert await daemon.wait_exit() == exitcodes.CREDENTIALS
-    errors = [line for line in daemon.stderr_lines if "ERROR" in line]
+    errors = [record for record in daemon.log_records() if record["level"] == "error"]
     assert len(errors) == 1
-    assert "the platform refused the API key (HTTP 401" in errors[0]
+    assert "the platform refused the API key (HTTP 401" in errors[0]["message"]
     assert proxy.connections == 1  # no retry storm
     await proxy.stop()
 

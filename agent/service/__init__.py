@@ -1,0 +1,1 @@
+"""Running as a service: systemd and launchd files, sd_notify, the single-instance lock."""
