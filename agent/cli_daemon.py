@@ -26,6 +26,7 @@ from agent.metadata import MetadataCollector
 from agent.models import DaemonStatus, EnvironmentRow, parse_mode
 from agent.platform.settings import ONLINE_WINDOW_MS
 from agent.service.lock import AlreadyRunning, read_holder
+from agent.service.restart import restart_in_place, under_service_manager
 
 ATTACH_WAIT_S = 5.0
 
@@ -47,11 +48,14 @@ def run_command(args: argparse.Namespace) -> int:
         register_secret(settings.api_key.get_secret_value())
     daemon = Daemon(settings, parent_pid=args.parent_pid, on_ready=_banner)
     try:
-        return asyncio.run(daemon.run())
+        code = asyncio.run(daemon.run())
     except AlreadyRunning as held:
         if args.attach:
             return _attach(held)
         return fail(f"{held}; use --attach to use it", exitcodes.ALREADY_RUNNING)
+    if code == exitcodes.RESTART and not under_service_manager():
+        restart_in_place()
+    return code
 
 
 def _attach(held: AlreadyRunning) -> int:

@@ -130,6 +130,7 @@ class Daemon:
         self._started_monotonic = time.monotonic()
         self._local_api: LocalApi | None = None
         self._notifier = Notifier()
+        self._restart = False
         self.stopping = asyncio.Event()
         self.changed = asyncio.Event()
 
@@ -280,7 +281,8 @@ class Daemon:
         try:
             async with contextlib.AsyncExitStack() as cleanup:
                 await self._start(cleanup)
-                return await self._connect_loop()
+                code = await self._connect_loop()
+                return exitcodes.RESTART if self._restart else code
         except Finished as finished:
             return finished.code
         finally:
@@ -366,6 +368,11 @@ class Daemon:
 
     def _parent_exited(self) -> None:
         self._begin_stop(f"the parent process {self._parent_pid} exited")
+
+    def request_restart(self, why: str) -> None:
+        """Stop the session cleanly, then exit with RESTART so that the new version starts."""
+        self._restart = True
+        self._begin_stop(why)
 
     def _begin_stop(self, why: str) -> None:
         log.info("%s: stopping", why)

@@ -12,3 +12,6 @@ REPLACED = 4
 """Another process took this identity (close 1000 `Replaced by new connection`)."""
 ALREADY_RUNNING = 5
 """Another live daemon holds this identity (platform URL, device id, instance id)."""
+RESTART = 75
+"""Upgraded: start again (EX_TEMPFAIL). A service manager restarts on it; run by hand or by a
+coding tool, the daemon re-executes itself instead of exiting."""
