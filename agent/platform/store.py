@@ -60,11 +60,24 @@ CREATE INDEX IF NOT EXISTS environments_by_org ON environments (organization_id,
 CREATE INDEX IF NOT EXISTS environments_by_issued ON environments (issued_connection_id);
 """
 
-_ROW_COLUMNS = (
-    "id, connected_at, connection_id, connection_name, device_id, first_seen_at, "
-    "last_heartbeat, last_seen_at, organization_id, pod_id, api_key_owner, current_mode, "
-    "metadata, user_id"
+_ROW_FIELDS = (
+    "id",
+    "connected_at",
+    "connection_id",
+    "connection_name",
+    "device_id",
+    "first_seen_at",
+    "last_heartbeat",
+    "last_seen_at",
+    "organization_id",
+    "pod_id",
+    "api_key_owner",
+    "current_mode",
+    "metadata",
+    "user_id",
 )
+"""The columns of a listing row, named as the EnvironmentRow fields they fill."""
+_ROW_COLUMNS = ", ".join(_ROW_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -305,35 +318,6 @@ class Store:
 
 
 def _to_row(values: tuple[Any, ...]) -> EnvironmentRow:
-    (
-        row_id,
-        connected_at,
-        connection_id,
-        connection_name,
-        device_id,
-        first_seen_at,
-        last_heartbeat,
-        last_seen_at,
-        organization_id,
-        pod_id,
-        api_key_owner,
-        current_mode,
-        metadata,
-        user_id,
-    ) = values
-    return EnvironmentRow(
-        id=row_id,
-        connected_at=connected_at,
-        connection_id=connection_id,
-        connection_name=connection_name,
-        device_id=device_id,
-        first_seen_at=first_seen_at,
-        last_heartbeat=last_heartbeat,
-        last_seen_at=last_seen_at,
-        organization_id=organization_id,
-        pod_id=pod_id,
-        api_key_owner=api_key_owner,
-        current_mode=current_mode,
-        metadata=Metadata.model_validate_json(metadata),
-        user_id=user_id,
-    )
+    fields = dict(zip(_ROW_FIELDS, values, strict=True))
+    fields["metadata"] = Metadata.model_validate_json(fields["metadata"])
+    return EnvironmentRow.model_validate(fields)
