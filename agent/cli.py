@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from agent import __version__, exitcodes
+from agent import __version__, cli_upgrade, exitcodes
 from agent.models import MODES
 
 SETTING_FLAGS = {
@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_flags(show, list(SETTING_FLAGS))
 
     _platform_parser(commands)
+    cli_upgrade.register(commands)
+    from agent.cli_service import register as register_service  # it imports this module
+
+    register_service(commands)
     return parser
 
 
@@ -183,8 +187,16 @@ def _handle_daemon_command(args: argparse.Namespace) -> int:
     return command(args)
 
 
+def _handle_service(args: argparse.Namespace) -> int:
+    from agent.cli_service import run
+
+    return run(args)
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "platform": _handle_platform,
+    "service": _handle_service,
+    "upgrade": cli_upgrade.run,
     **{
         name: _handle_daemon_command
         for name in ("run", "status", "list", "mode", "metadata", "config")

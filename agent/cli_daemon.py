@@ -26,7 +26,7 @@ from agent.metadata import MetadataCollector
 from agent.models import DaemonStatus, EnvironmentRow, parse_mode
 from agent.platform.settings import ONLINE_WINDOW_MS
 from agent.service.lock import AlreadyRunning, read_holder
-from agent.service.restart import restart_in_place, under_service_manager
+from agent.service.restart import restart_in_place, service_exit_code, under_service_manager
 
 ATTACH_WAIT_S = 5.0
 
@@ -52,10 +52,10 @@ def run_command(args: argparse.Namespace) -> int:
     except AlreadyRunning as held:
         if args.attach:
             return _attach(held)
-        return fail(f"{held}; use --attach to use it", exitcodes.ALREADY_RUNNING)
+        return service_exit_code(fail(f"{held}; use --attach to use it", exitcodes.ALREADY_RUNNING))
     if code == exitcodes.RESTART and not under_service_manager():
         restart_in_place()
-    return code
+    return service_exit_code(code)
 
 
 def _attach(held: AlreadyRunning) -> int:

@@ -83,6 +83,9 @@ class Settings(BaseModel):
     """Overrides the heartbeat period the platform assigns."""
     log_file: Path | None = None
     debug: bool = False
+    upgrade_find_links: Path | None = None
+    """Upgrade only from the wheels in this folder (`--no-index --find-links`): an offline
+    mirror. Only the daemon's own settings name it: the platform cannot choose the source."""
 
     @field_validator("api_key")
     @classmethod
@@ -104,7 +107,7 @@ class Settings(BaseModel):
             )
         return value.strip().rstrip("/")
 
-    @field_validator("workdir", "local_api_socket", "log_file")
+    @field_validator("workdir", "local_api_socket", "log_file", "upgrade_find_links")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else Path(os.path.abspath(value.expanduser()))

@@ -370,7 +370,11 @@ class Daemon:
         self._begin_stop(f"the parent process {self._parent_pid} exited")
 
     def request_restart(self, why: str) -> None:
-        """Stop the session cleanly, then exit with RESTART so that the new version starts."""
+        """Stop the session cleanly, then exit with RESTART so that the new version starts.
+
+        A stop already under way (SIGTERM) stays a stop."""
+        if self.stopping.is_set():
+            return
         self._restart = True
         self._begin_stop(why)
 

@@ -12,6 +12,12 @@ REPLACED = 4
 """Another process took this identity (close 1000 `Replaced by new connection`)."""
 ALREADY_RUNNING = 5
 """Another live daemon holds this identity (platform URL, device id, instance id)."""
+UPGRADE_REFUSED = 6
+"""`envagent upgrade`: this install must not or cannot upgrade itself; nothing was changed (a
+failed upgrade is ERROR)."""
 RESTART = 75
 """Upgraded: start again (EX_TEMPFAIL). A service manager restarts on it; run by hand or by a
 coding tool, the daemon re-executes itself instead of exiting."""
+UNAVAILABLE = 69
+"""`envagent service`: no usable service manager here, neither systemd (not running, as in a
+container) nor launchd (EX_UNAVAILABLE)."""

@@ -46,7 +46,7 @@ async def test_start_goes_online_with_the_machine_s_metadata(
     assert metadata["workingDirectory"] == str(repo)
     assert metadata["gitBranch"] == "main"
     assert metadata["lettaCodeVersion"] == __version__
-    assert metadata["supported_commands"] == ["refresh_metadata", "get_status"]
+    assert metadata["supported_commands"] == ["refresh_metadata", "get_status", "upgrade"]
     assert set(metadata["self_update"]) >= {"supported", "writable", "install_path"}
     node = shutil.which("node")
     if node:

@@ -251,3 +251,20 @@ async def test_journald_prefixes_when_stderr_is_the_journal(
     lines = log.read_text().splitlines()
     assert lines and all(line[:3] in ("<6>", "<4>", "<3>", "<7>") for line in lines), lines
     assert any(line.startswith("<6>envagent.session: connected (") for line in lines)
+
+
+async def test_final_exits_are_0_under_launchd_which_would_restart_on_anything_else(
+    platform: Platform, spawn: Spawn, tmp_path: Path
+) -> None:
+    refused = await start_daemon(
+        tmp_path / "launchd",
+        env={
+            "LETTA_BASE_URL": platform.url,
+            "LETTA_API_KEY": "envk_refused",
+            "XPC_SERVICE_NAME": "org.envagent",
+        },
+    )
+    assert await refused.wait_exit() == exitcodes.OK
+    assert "the platform refused the API key" in refused.stderr()
+    plain = await spawn(platform.url, "envk_refused")
+    assert await plain.wait_exit() == exitcodes.CREDENTIALS

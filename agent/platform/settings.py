@@ -31,7 +31,7 @@ class PlatformSettings:
     online_window_ms: int = ONLINE_WINDOW_MS
     transport_ping_s: float = 30.0
     """WebSocket-level ping period; a socket that misses the pong for half of it is dropped."""
-    answer_wait_s: float = 10.0
+    answer_wait_s: float = 60.0
     """How long `POST …/frames` waits for the daemon's answer to a frame with a request id."""
     max_body_bytes: int = 64 * 1024
     max_frame_bytes: int = 64 * 1024

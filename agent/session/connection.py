@@ -116,6 +116,7 @@ class Session:
         self._stopping = stopping
         self.watchdog = watchdog
         self._connected_at: float | None = None
+        self._commands: set[asyncio.Task[None]] = set()
 
     async def run(self) -> SessionEnd:
         try:
@@ -160,9 +161,9 @@ class Session:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
+            for task in tasks | self._commands:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._commands, return_exceptions=True)
         finished = done.pop()
         if finished.get_name() == "stop":
             return await self._leave(ws)
@@ -229,12 +230,19 @@ class Session:
             await self._host.change_device_state(frame)
             await self._send_status(ws)
         elif isinstance(frame, ExecuteCommandFrame):
-            reply = await self._host.execute(frame)
-            await self._send(ws, reply.to_json())
+            # In the background: a long command (an upgrade) must not stop pongs being read.
+            command = asyncio.create_task(self._answer(ws, frame))
+            self._commands.add(command)
+            command.add_done_callback(self._commands.discard)
         else:
             await self._send_status(ws)
             reply_frame = SyncResponseFrame(request_id=frame.request_id, success=True)
             await self._send(ws, reply_frame.to_json())
+
+    async def _answer(self, ws: ClientConnection, frame: ExecuteCommandFrame) -> None:
+        reply = await self._host.execute(frame)
+        with contextlib.suppress(ConnectionClosed):
+            await self._send(ws, reply.to_json())
 
     async def _heartbeat(self, ws: ClientConnection) -> SessionEnd:
         while True:

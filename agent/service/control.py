@@ -1,0 +1,33 @@
+"""`envagent service status` and `logs`: ask the service manager, then the daemon itself."""
+
+from __future__ import annotations
+
+import os
+
+from agent import exitcodes
+from agent.service.detect import check_usable
+from agent.service.install import manager_for
+from agent.service.process import run
+from agent.service.target import Target, daemon_program
+
+STATUS_TIMEOUT_S = 30.0
+LOGS_TIMEOUT_S = 60.0
+
+
+def status(target: Target) -> int:
+    """The manager's view, then `envagent status` with the service's folders, so that it finds
+    the daemon the service runs (a system service's state is in its user's home)."""
+    check_usable(target)
+    manager = run(manager_for(target).status(), timeout_s=STATUS_TIMEOUT_S).returncode
+    print(flush=True)
+    environment = {**os.environ, **target.environment}
+    daemon = run(
+        (*daemon_program(), "status"), timeout_s=STATUS_TIMEOUT_S, env=environment
+    ).returncode
+    return manager or daemon or exitcodes.OK
+
+
+def logs(target: Target, *, follow: bool, lines: int) -> int:
+    check_usable(target)
+    command = manager_for(target).logs(follow, lines)
+    return run(command, timeout_s=None if follow else LOGS_TIMEOUT_S).returncode
