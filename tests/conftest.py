@@ -1,9 +1,12 @@
-"""Fixtures: reference platforms on ephemeral 127.0.0.1 ports, stopped after each test."""
+"""Fixtures: reference platforms on ephemeral 127.0.0.1 ports and daemons, stopped after each
+test; folders made unwritable, made writable again."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -89,3 +92,26 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
 
     yield start
     await kill_all(started)
+
+
+@pytest.fixture
+def make_unwritable() -> Iterator[Callable[[Path], None]]:
+    """Make a folder unwritable for this process: root ignores permission bits, so as root the
+    folder is made immutable (`chattr +i`), which binds root too; undone after the test."""
+    undo: list[Callable[[], object]] = []
+
+    def apply(path: Path) -> None:
+        if os.geteuid() != 0:
+            path.chmod(0o555)
+            undo.append(lambda: path.chmod(0o755))
+            return
+        if shutil.which("chattr") is None:
+            pytest.skip("running as root, and there is no chattr to make a folder immutable")
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"running as root, and chattr +i failed here: {done.stderr.strip()}")
+        undo.append(lambda: subprocess.run(["chattr", "-i", str(path)], check=True))
+
+    yield apply
+    for step in reversed(undo):
+        step()

@@ -92,7 +92,7 @@ class DaemonProcess:
         return [json.loads(line) for line in self.stderr_lines if line.startswith("{")]
 
 
-async def _collect(stream: asyncio.StreamReader | None, into: list[str]) -> None:
+async def collect_lines(stream: asyncio.StreamReader | None, into: list[str]) -> None:
     assert stream is not None
     async for line in stream:
         into.append(line.decode(errors="replace"))
@@ -125,8 +125,8 @@ async def start_daemon(
     )  # fmt: skip
     daemon = DaemonProcess(process, environ, state_dir, instance)
     daemon._readers = [
-        asyncio.create_task(_collect(process.stdout, daemon.stdout_lines)),
-        asyncio.create_task(_collect(process.stderr, daemon.stderr_lines)),
+        asyncio.create_task(collect_lines(process.stdout, daemon.stdout_lines)),
+        asyncio.create_task(collect_lines(process.stderr, daemon.stderr_lines)),
     ]
     return daemon
 

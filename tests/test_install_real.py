@@ -10,12 +10,10 @@ independent, so they all start when the first test needs one, and each test wait
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
-import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -25,59 +23,10 @@ from typing import Any
 import pytest
 
 from agent import __version__
-
-PROJECT = Path(__file__).resolve().parent.parent
-# The environment as pytest started, before any fixture changes it: the installs read this
-# machine's pip and uv configuration, from the real XDG_CONFIG_HOME, as a person's would.
-ENVIRON = {
-    name: value
-    for name, value in os.environ.items()
-    if name not in {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"}
-}
-INSTALL_TIMEOUT_S = 300
-RUN_TIMEOUT_S = 60
+from tests.install_helpers import INSTALL_TIMEOUT_S, PROJECT, run
 
 # Fixture set-up (the wheel and the installs) counts toward the first test's timeout.
 pytestmark = pytest.mark.timeout(2 * INSTALL_TIMEOUT_S + 120)
-
-
-def run(
-    command: list[str | Path],
-    env: Mapping[str, str | Path] | None = None,
-    cwd: Path | None = None,
-    timeout: float = RUN_TIMEOUT_S,
-) -> subprocess.CompletedProcess[str]:
-    """Run `command` with `env` added to ENVIRON; fail the test with the command's output when
-    it fails or times out."""
-    __tracebackhide__ = True
-    full_env = ENVIRON | {name: str(value) for name, value in (env or {}).items()}
-    shown = shlex.join(str(part) for part in command)
-    try:
-        result = subprocess.run(
-            [str(part) for part in command],
-            env=full_env,
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(
-            f"`{shown}` timed out after {timeout} s\n"
-            f"--- stdout\n{_text(exc.stdout)}\n--- stderr\n{_text(exc.stderr)}"
-        )
-    if result.returncode != 0:
-        pytest.fail(
-            f"`{shown}` exited {result.returncode}\n"
-            f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-        )
-    return result
-
-
-def _text(output: bytes | str | None) -> str:
-    """TimeoutExpired carries the partial output as bytes, even for a text run."""
-    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -317,29 +317,6 @@ def test_odd_layout_never_raises(tmp_path: Path) -> None:
         manual_command=None,
         reason="could not be inspected",
     )
-
-
-@pytest.fixture
-def make_unwritable() -> Iterator[Callable[[Path], None]]:
-    """Make a folder unwritable for this process: root ignores permission bits, so as root the
-    folder is made immutable (`chattr +i`), which binds root too; undone after the test."""
-    undo: list[Callable[[], object]] = []
-
-    def apply(path: Path) -> None:
-        if os.geteuid() != 0:
-            path.chmod(0o555)
-            undo.append(lambda: path.chmod(0o755))
-            return
-        if shutil.which("chattr") is None:
-            pytest.skip("running as root, and there is no chattr to make a folder immutable")
-        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"running as root, and chattr +i failed here: {done.stderr.strip()}")
-        undo.append(lambda: subprocess.run(["chattr", "-i", str(path)], check=True))
-
-    yield apply
-    for step in reversed(undo):
-        step()
 
 
 @pytest.mark.parametrize("target", ["install", "parent"])

@@ -33,10 +33,9 @@ from agent.models import DaemonStatus, ExecuteCommandFrame, Metadata
 from agent.selfupdate import detect_self_update
 from agent.upgrade import LOCK_FILE, Outcome, Result
 from tests.conftest import StartPlatform
-from tests.daemon_helpers import DaemonProcess, Spawn, _collect, kill_all, online
+from tests.daemon_helpers import DaemonProcess, Spawn, collect_lines, kill_all, online
 from tests.helpers import WAIT_S, Platform, wait_for
-from tests.test_install_real import ENVIRON, INSTALL_TIMEOUT_S, PROJECT, run
-from tests.test_selfupdate import make_unwritable  # noqa: F401  # a fixture, used by name
+from tests.install_helpers import ENVIRON, INSTALL_TIMEOUT_S, PROJECT, run
 
 NEW_VERSION = "99.0.0+upgrade.test"
 BROKEN_VERSION = "99.0.1+broken.test"
@@ -188,8 +187,8 @@ async def venv_daemons() -> AsyncIterator[StartVenvDaemon]:
         )  # fmt: skip
         daemon = DaemonProcess(process, env, Path(env["XDG_STATE_HOME"]))
         daemon._readers = [
-            asyncio.create_task(_collect(process.stdout, daemon.stdout_lines)),
-            asyncio.create_task(_collect(process.stderr, daemon.stderr_lines)),
+            asyncio.create_task(collect_lines(process.stdout, daemon.stdout_lines)),
+            asyncio.create_task(collect_lines(process.stderr, daemon.stderr_lines)),
         ]
         started.append(daemon)
         return daemon
@@ -205,7 +204,7 @@ async def test_cli_upgrades_its_own_venv(
     wheels: Wheels,
     tmp_path: Path,
     venv_daemons: StartVenvDaemon,
-    make_unwritable: Callable[[Path], None],  # noqa: F811  # the imported fixture
+    make_unwritable: Callable[[Path], None],
 ) -> None:
     venv = await asyncio.to_thread(make_venv, wheels.old, tmp_path)
     env = cli_env(tmp_path)
