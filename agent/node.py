@@ -8,17 +8,16 @@ within the timeout.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from agent.proc import run_bounded
 
 FoundVia = Literal["PATH", "nvm", "fnm", "volta", "asdf", "none"]
 
@@ -184,30 +183,8 @@ def _version_key(name: str) -> tuple[int, ...]:
 
 def _node_version(node: Path, timeout_s: float) -> str | None:
     """`node --version`, or None when it hangs, crashes, fails or prints something unexpected."""
-    try:
-        process = subprocess.Popen(  # noqa: S603  # a node binary we found, no shell involved
-            [str(node), "--version"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    except OSError:
+    code, output = run_bounded([str(node), "--version"], timeout_s=timeout_s, stderr=False)
+    if code != 0:
         return None
-    with process:
-        try:
-            output, _ = process.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            return None
-    if process.returncode != 0:
-        return None
-    text = output.decode(errors="replace").strip()
+    text = output.strip()
     return text if _VERSION_OUTPUT.fullmatch(text) else None
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    """Kill the hung candidate and anything it started (a wrapper script's children)."""
-    with contextlib.suppress(ProcessLookupError):  # it ended on its own meanwhile
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()

@@ -17,17 +17,15 @@ import enum
 import fcntl
 import importlib.util
 import logging
-import os
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent import __version__
+from agent.proc import run_bounded
 from agent.selfupdate import DISTRIBUTION, detect_self_update
 
 log = logging.getLogger("envagent.upgrade")
@@ -140,7 +138,7 @@ def upgrade(find_links: Path | None = None) -> Result:
 
 def _carry_out(steps: Plan, old: str) -> Result:
     log.info("upgrading %s: %s", steps.prefix, shlex.join(steps.upgrade))
-    code, output = run_bounded(steps.upgrade, steps.prefix, INSTALL_TIMEOUT_S)
+    code, output = run_bounded(steps.upgrade, timeout_s=INSTALL_TIMEOUT_S, cwd=steps.prefix)
     if code != 0:
         log.info("the upgrade failed:\n%s", output)
         message = (
@@ -150,7 +148,7 @@ def _carry_out(steps: Plan, old: str) -> Result:
         if code is None:
             message += f" The environment may be half upgraded; to go back: `{steps.rollback(old)}`"
         return Result(Outcome.FAILED, old, None, message)
-    code, output = run_bounded(steps.check, steps.prefix, CHECK_TIMEOUT_S)
+    code, output = run_bounded(steps.check, timeout_s=CHECK_TIMEOUT_S, cwd=steps.prefix)
     words = (output.strip().splitlines() or [""])[-1].split()  # warnings may come first
     if code != 0 or len(words) != 2 or words[0] != DISTRIBUTION:
         log.info("the new version does not start:\n%s", output)
@@ -185,39 +183,6 @@ def _one_at_a_time(prefix: Path) -> Iterator[None]:
         except BlockingIOError:
             raise Refused(f"another upgrade of {prefix} is running") from None
         yield
-
-
-def run_bounded(argv: Sequence[str], cwd: Path, timeout_s: float) -> tuple[int | None, str]:
-    """Run `argv` with stdout and stderr captured together; the exit code is None when it
-    timed out. The command gets a process group of its own, killed whole on a timeout or an
-    interruption, so that nothing it started (a build backend holding the pipe) lives on."""
-    try:
-        process = subprocess.Popen(  # noqa: S603  # our own interpreter or uv, no shell
-            argv,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        return 127, f"cannot start {argv[0]}: {exc.strerror}"
-    with process:
-        try:
-            output, _ = process.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            output, _ = process.communicate()
-            return None, output.decode(errors="replace")
-        except BaseException:  # Ctrl-C in the CLI
-            _kill_group(process)
-            raise
-    return process.returncode, output.decode(errors="replace")
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the group ended on its own meanwhile
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _ended(code: int | None, timeout_s: float) -> str:
