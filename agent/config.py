@@ -19,7 +19,6 @@ paths are taken from the current directory.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import logging
 import os
 import stat
@@ -40,6 +39,7 @@ from pydantic import (
     field_validator,
 )
 
+from agent.loopback import is_loopback_host
 from agent.models import Mode, Source, parse_mode
 from agent.paths import config_dir
 
@@ -129,7 +129,8 @@ class Settings(BaseModel):
     @classmethod
     def _loopback(cls, value: str) -> str:
         host = value.strip().lower()
-        if host != "localhost" and not _is_loopback_ip(host):
+        with_port = host.count(":") == 1 or host.startswith("[")  # an address to bind, no port
+        if with_port or not is_loopback_host(host):
             raise ValueError(
                 "the local API listens on loopback only: expected 127.0.0.1 (or another "
                 f"127.x.y.z), ::1 or localhost, got {value!r}"
@@ -293,10 +294,3 @@ def _is_plain_http_url(text: str) -> bool:
         and not parts.query
         and not parts.fragment
     )
-
-
-def _is_loopback_ip(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -8,7 +8,6 @@ rebound to 127.0.0.1.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import os
 import secrets
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from agent.clock import now_ms
 from agent.files import write_private
 from agent.httpapi import ApiError, Handler, json_errors, list_query, unknown_cursor
+from agent.loopback import is_loopback_host
 from agent.models import (
     DaemonStatus,
     EnvironmentList,
@@ -58,21 +58,6 @@ class LocalApiAddress(BaseModel):
 
     url: str
     pid: int
-
-
-def is_loopback_host(host_header: str) -> bool:
-    """True for `localhost`, 127.0.0.0/8 and ::1, with or without a port."""
-    host = host_header.strip().lower()
-    if host.startswith("["):
-        host = host[1 : host.find("]")] if "]" in host else host
-    elif host.count(":") == 1:
-        host = host.partition(":")[0]
-    if host in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def local_page(row: EnvironmentRow, query: ListQuery, source: Source, now: int) -> EnvironmentList:
