@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.daemon import Platform
 from agent.files import write_private
 from agent.paths import state_dir
-from agent.platform.keys import DEV_ORGANIZATION, DEV_OWNER, DEV_USER, create_key, hash_key
-from agent.platform.server import PlatformServer
 from agent.platform.settings import PlatformSettings
-from agent.platform.store import ApiKey
+
+if TYPE_CHECKING:
+    from agent.platform.server import PlatformServer
 
 
 def _settings() -> PlatformSettings:
@@ -24,6 +25,11 @@ def embedded_key_file() -> Path:
 
 async def start_embedded() -> tuple[PlatformServer, Platform]:
     """Start the platform on a free loopback port and return it with its development key."""
+    # Imported here: a daemon with a platform of its own never loads the platform's code.
+    from agent.platform.keys import DEV_ORGANIZATION, DEV_OWNER, DEV_USER, create_key, hash_key
+    from agent.platform.server import PlatformServer
+    from agent.platform.store import ApiKey
+
     server = PlatformServer(_settings())
     await server.start()
     key_file = server.settings.dev_key_file

@@ -112,7 +112,10 @@ class Relay:
     async def _read(self, live: LiveSocket) -> None:
         async for message in live.ws:
             if message.type == WSMsgType.TEXT:
-                await self._on_frame(live, message.data)
+                try:
+                    await self._on_frame(live, message.data)
+                except ConnectionResetError:  # the peer dropped the socket as we answered
+                    break
             elif message.type == WSMsgType.BINARY:
                 self._ignore(live, "a binary frame: frames are JSON text")
             elif message.type == WSMsgType.ERROR:

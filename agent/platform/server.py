@@ -45,7 +45,9 @@ class PlatformServer:
         app = build_app(store, self.settings)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        # A deep accept queue: after a restart the whole fleet reconnects within a second or so,
+        # and every connection the default 128 drops waits a second for its SYN to be resent.
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, backlog=1024)
         await site.start()
         self.port = self._runner.addresses[0][1]
         log.info("platform %s listening on %s", self.settings.pod_id, self.url)

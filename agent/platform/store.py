@@ -58,6 +58,9 @@ CREATE TABLE IF NOT EXISTS environments (
 );
 CREATE INDEX IF NOT EXISTS environments_by_org ON environments (organization_id, seq);
 CREATE INDEX IF NOT EXISTS environments_by_issued ON environments (issued_connection_id);
+-- onlineOnly pages walk only connected rows; heartbeats do not change this index.
+CREATE INDEX IF NOT EXISTS environments_connected ON environments (organization_id, seq)
+    WHERE connection_id IS NOT NULL;
 """
 
 _ROW_FIELDS = (

@@ -1,0 +1,183 @@
+"""The real processes a benchmark measures: `envagent platform serve` and `envagent run`.
+
+Both are started exactly as a person would start them (the console script, flags and
+environment), never imported into the benchmark's own process, so that their memory, CPU and
+start-up are their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from agent.local_api import LocalApiAddress
+from agent.models import DaemonStatus, EnvironmentList
+from agent.platform.settings import PlatformSettings
+from tests.bench.procs import BenchError, Child, Workspace, wait_exit, wait_for_output
+
+START_WAIT_S = 30.0
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
+
+
+def envagent_command() -> list[str]:
+    """The `envagent` console script of this environment: what a service or a coding tool
+    executes, so the measured start includes the same imports."""
+    script = Path(sys.executable).with_name("envagent")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "agent"]
+
+
+@dataclass
+class PlatformProcess:
+    child: Child
+    url: str
+    port: int
+    key: str
+    db: Path
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    async def listing(self, http: aiohttp.ClientSession, **params: str) -> EnvironmentList:
+        async with http.get(
+            f"{self.url}/v1/environments", params=params, headers=self.auth, timeout=HTTP_TIMEOUT
+        ) as reply:
+            reply.raise_for_status()
+            return EnvironmentList.model_validate_json(await reply.read())
+
+
+async def start_platform(
+    workspace: Workspace,
+    db: Path,
+    *,
+    port: int = 0,
+    heartbeat_ms: int = 30_000,
+    gc_log: Path | None = None,
+) -> PlatformProcess:
+    """Start the reference platform on 127.0.0.1 and return once it accepts connections;
+    with `gc_log`, under `gc_probe`, which logs its garbage collector's pauses there."""
+    command = envagent_command()
+    if gc_log is not None:
+        command = [sys.executable, "-m", "tests.bench.gc_probe", str(gc_log)]
+    child = await workspace.spawn(
+        "platform",
+        [
+            *command,
+            "platform",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--db",
+            str(db),
+            "--heartbeat-ms",
+            str(heartbeat_ms),
+        ],
+        workspace.env(),
+    )
+    found = await wait_for_output(child, r"listening on (http://127\.0\.0\.1:(\d+))", START_WAIT_S)
+    key = PlatformSettings(db=db).dev_key_file.read_text().strip()
+    return PlatformProcess(child, found.group(1), int(found.group(2)), key, db)
+
+
+@dataclass
+class DaemonProcess:
+    child: Child
+    name: str
+    state_home: Path
+
+    async def status(self, http: aiohttp.ClientSession) -> DaemonStatus | None:
+        """The daemon's `/v1/status`, or None while its local API is not up yet."""
+        address_file = self.state_home / "state" / "envagent" / "local-api.json"
+        try:
+            address = LocalApiAddress.model_validate_json(address_file.read_bytes())
+            async with http.get(f"{address.url}/v1/status", timeout=HTTP_TIMEOUT) as reply:
+                if reply.status != 200:
+                    return None
+                return DaemonStatus.model_validate_json(await reply.read())
+        except (OSError, ValueError, aiohttp.ClientError):
+            return None
+
+
+async def start_daemon(
+    workspace: Workspace,
+    platform: PlatformProcess,
+    *,
+    name: str,
+    state_home: Path,
+    workdir: Path,
+    python_flags: tuple[str, ...] = (),
+) -> DaemonProcess:
+    """`envagent run` against `platform`, configured through the environment as a service
+    would be; the heartbeat period is the platform's (`heartbeatIntervalMs`)."""
+    command = envagent_command()
+    if python_flags:
+        command = [sys.executable, *python_flags, "-m", "agent"]
+    env = workspace.env(
+        state_home=state_home, LETTA_BASE_URL=platform.url, LETTA_API_KEY=platform.key
+    )
+    child = await workspace.spawn(
+        name, [*command, "run", "--name", name, "--workdir", str(workdir)], env
+    )
+    return DaemonProcess(child, name, state_home)
+
+
+async def wait_online(
+    http: aiohttp.ClientSession, daemon: DaemonProcess, within_s: float = START_WAIT_S
+) -> DaemonStatus:
+    """Wait until the daemon says it is online (its socket is open)."""
+    async with asyncio.timeout(within_s):
+        while True:
+            status = await daemon.status(http)
+            if status is not None and status.state == "online":
+                return status
+            if not daemon.child.running:
+                raise BenchError(f"{daemon.name} exited:\n{daemon.child.tail()}")
+            await asyncio.sleep(0.05)
+
+
+async def warm_up(workspace: Workspace) -> None:
+    """Run everything once, unmeasured, so that no measured process compiles bytecode.
+
+    The children cache bytecode in the workspace (PYTHONPYCACHEPREFIX), as an installed package
+    has it beside its sources: without that, a start under PYTHONDONTWRITEBYTECODE compiles
+    `agent` every time, and the compiler's memory stays in the RSS (6 MiB here). A whole daemon
+    run is needed because the daemon imports some modules only when it first uses them.
+    """
+    child = await workspace.spawn(
+        "warm-up-imports",
+        [
+            sys.executable,
+            "-c",
+            "import agent.cli_daemon, agent.cli_platform, git, "
+            "tests.bench.gc_probe, tests.bench.loadgen, tests.bench.metadata_probe",
+        ],
+        workspace.env(),
+    )
+    if await wait_exit(child, START_WAIT_S) != 0:
+        raise BenchError(f"importing the project failed:\n{child.tail()}")
+    platform = await start_platform(workspace, workspace.path("warm-up") / "platform.db")
+    daemon = await start_daemon(
+        workspace,
+        platform,
+        name="warm-up",
+        state_home=workspace.path("warm-up-daemon"),
+        workdir=make_repo(workspace.path("warm-up-repo")),
+    )
+    async with aiohttp.ClientSession() as http:
+        await wait_online(http, daemon)
+    await daemon.child.stop()
+    await platform.child.stop()
+
+
+def make_repo(path: Path) -> Path:
+    """A git repository on branch `main`, for a daemon to serve as its working directory."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True, timeout=30)
+    return path
