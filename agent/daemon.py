@@ -306,7 +306,6 @@ class Daemon:
         cleanup.callback(lock.release)
         self.platform = await self._open_platform(cleanup)
         register_secret(self.platform.api_key)
-        await self.refresh()
         token = await asyncio.to_thread(
             load_or_create_token, instance_file("local-api-token", instance)
         )

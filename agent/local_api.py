@@ -44,6 +44,9 @@ class DaemonView(Protocol):
 
     source: Source
 
+    @property
+    def mode(self) -> Mode: ...
+
     def listing_row(self) -> EnvironmentRow: ...
 
     def status(self) -> DaemonStatus: ...
@@ -154,7 +157,7 @@ class LocalApi:
         return web.json_response(self._daemon.status().to_wire())
 
     async def _get_mode(self, request: web.Request) -> web.Response:
-        return web.json_response(ModeChange(mode=self._daemon.status().mode).to_wire())
+        return web.json_response(ModeChange(mode=self._daemon.mode).to_wire())
 
     async def _put_mode(self, request: web.Request) -> web.Response:
         header = request.headers.get("Authorization", "")

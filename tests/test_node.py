@@ -196,7 +196,7 @@ def test_broken_candidates_are_skipped(tmp_path: Path, home: Path) -> None:
     """A hang (cut by the timeout, with its children), a failure, a crash, garbage output, a
     partial version and a file that is not executable are each passed over."""
     child_pid = tmp_path / "child.pid"
-    script(tmp_path / "bin" / "node", f"sleep 30 &\necho $! > {child_pid}\nwait")
+    script(tmp_path / "bin" / "node", f"sleep 3600 &\necho $! > {child_pid}\nwait")
     versions = home / ".nvm" / "versions" / "node"
     script(versions / "v22.0.0" / "bin" / "node", "echo v22.0.0; exit 1")
     script(versions / "v21.0.0" / "bin" / "node", "kill -SEGV $$")
@@ -205,12 +205,10 @@ def test_broken_candidates_are_skipped(tmp_path: Path, home: Path) -> None:
     fake_node(versions / "v18.0.0" / "bin" / "node", "v18.0.0").chmod(0o644)
     works = fake_node(home / ".asdf" / "installs" / "nodejs" / "9.0.0" / "bin" / "node", "v9.0.0")
 
-    started = time.monotonic()
+    # The hang outlasts pytest's own timeout: only the 0.5 s cut lets this call return.
     found = find_node(path_env=str(tmp_path / "bin"), home=home, timeout_s=0.5)
-    elapsed = time.monotonic() - started
 
     assert found == NodeInfo("v9.0.0", str(works), "asdf")
-    assert elapsed < 5, f"the hanging node was not cut by the timeout ({elapsed:.1f} s)"
     if Path("/proc/self/stat").exists():
         pid = int(child_pid.read_text())
         deadline = time.monotonic() + 5
