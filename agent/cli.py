@@ -159,14 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from agent.client import ClientError
     from agent.config import ConfigError
-    from agent.platform.store import StoreError
 
     handler = _HANDLERS[args.command]
     try:
         return handler(args)
     except ConfigError as exc:
         return fail(str(exc), exitcodes.CONFIG)
-    except (ClientError, StoreError) as exc:
+    except ClientError as exc:
         return fail(str(exc))
     except KeyboardInterrupt:
         return exitcodes.OK
@@ -174,10 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _handle_platform(args: argparse.Namespace) -> int:
     from agent.cli_platform import create_key_command, serve_command
+    from agent.platform.store import StoreError
 
-    if args.platform_command == "serve":
-        return serve_command(args)
-    return create_key_command(args)
+    try:
+        if args.platform_command == "serve":
+            return serve_command(args)
+        return create_key_command(args)
+    except StoreError as exc:
+        return fail(str(exc))
 
 
 def _handle_daemon_command(args: argparse.Namespace) -> int:

@@ -8,9 +8,7 @@ from pathlib import Path
 
 from agent.cli import _positive_int, _settings_flags, fail
 from agent.config import CONFIG_ENV, load_settings
-from agent.service import control
 from agent.service.detect import default_manager
-from agent.service.install import install, uninstall
 from agent.service.target import MANAGERS, ServiceError, resolve_target, service_spec
 
 INSTALL_SETTINGS = ("workdir", "name", "mode", "base_url")
@@ -85,6 +83,11 @@ def _writes(parser: argparse.ArgumentParser, dry_run_help: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out `envagent service ...`; every error is one line and its exit code."""
+    # Imported here, not with the parser that every `envagent` command builds: the unit and
+    # plist writers load more of the standard library than the daemon itself uses.
+    from agent.service import control
+    from agent.service.install import install, uninstall
+
     try:
         target = resolve_target(args.manager or default_manager(), args.system, args.run_as)
         root = Path(os.path.abspath(args.root)) if getattr(args, "root", None) else None

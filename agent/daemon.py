@@ -335,8 +335,13 @@ class Daemon:
         settings = self.settings
         if settings.base_url is None:
             from agent.embedded import start_embedded  # the platform's code only when used
+            from agent.platform.store import StoreError
 
-            server, platform = await start_embedded()
+            try:
+                server, platform = await start_embedded()
+            except StoreError as exc:
+                log.error("%s", exc)
+                raise Finished(exitcodes.ERROR) from None
             cleanup.push_async_callback(server.stop)
             return platform
         if settings.api_key is None:

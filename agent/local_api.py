@@ -11,25 +11,28 @@ import hmac
 import logging
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
-from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from agent.clock import now_ms
 from agent.files import write_private
-from agent.httpapi import ApiError, Handler, json_errors, list_query, unknown_cursor
+from agent.httpapi import ApiError, list_query, unknown_cursor
+from agent.local_http import LocalHttpServer, Request, Response
 from agent.loopback import is_loopback_host
 from agent.models import (
     DaemonStatus,
     EnvironmentList,
     EnvironmentRow,
+    ErrorReply,
     Health,
     ListQuery,
     Mode,
     ModeChange,
     Source,
+    WireModel,
     describe_validation_error,
 )
 from agent.platform.settings import ONLINE_WINDOW_MS
@@ -91,6 +94,17 @@ def load_or_create_token(path: Path) -> str:
     return token
 
 
+Route = Callable[["LocalApi", Request], Awaitable[Response]]
+
+
+def json_response(body: WireModel, status: int = 200) -> Response:
+    return Response(status, body.to_json().encode())
+
+
+def error_response(status: int, error: str, message: str) -> Response:
+    return json_response(ErrorReply(error=error, message=message), status)
+
+
 class LocalApi:
     def __init__(
         self, daemon: DaemonView, *, host: str, port: int, socket: Path | None, token: str
@@ -100,73 +114,94 @@ class LocalApi:
         self._port = port
         self._socket = socket
         self._token = token
-        self._runner: web.AppRunner | None = None
+        self._server = LocalHttpServer(self._answer, error_response, max_body_bytes=MAX_BODY_BYTES)
         self.url = ""
 
     async def start(self) -> str:
-        app = web.Application(
-            middlewares=[json_errors(MAX_BODY_BYTES), self._loopback_only],
-            client_max_size=MAX_BODY_BYTES,
-        )
-        app.router.add_get("/v1/environments", self._list)
-        app.router.add_get("/healthz", self._health)
-        app.router.add_get("/v1/status", self._status)
-        app.router.add_get("/v1/mode", self._get_mode)
-        app.router.add_put("/v1/mode", self._put_mode)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
         if self._socket is not None:
             self._socket.unlink(missing_ok=True)
-            await web.UnixSite(self._runner, str(self._socket)).start()
+            await self._server.listen_unix(self._socket)
             os.chmod(self._socket, 0o600)
             self.url = f"unix:{self._socket}"
         else:
-            await web.TCPSite(self._runner, self._host, self._port).start()
-            host, port = self._runner.addresses[0][:2]
+            host, port = await self._server.listen_tcp(self._host, self._port)
             self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         return self.url
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._server.close()
         if self._socket is not None:
             self._socket.unlink(missing_ok=True)
 
-    @web.middleware
-    async def _loopback_only(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        host = request.headers.get("Host", "")
+    async def _answer(self, request: Request) -> Response:
+        """Every request: the Host check, the route, and every failure as an `ErrorReply`."""
+        try:
+            self._check_host(request)
+            return await self._route(request)(self, request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.error, exc.message)
+        except Exception:
+            log.exception("unexpected error answering %s %s", request.method, request.path)
+            return error_response(500, "internal", "the daemon failed to answer; see its log")
+
+    def _check_host(self, request: Request) -> None:
+        host = request.headers.get("host", "")
         if self._socket is None and not is_loopback_host(host):
             log.warning("refused a request for Host %r: not a loopback name", host[:100])
             raise ApiError(
                 403, "forbidden", f"Host {host!r} is not a loopback name; only those are answered"
             )
-        return await handler(request)
 
-    async def _list(self, request: web.Request) -> web.Response:
+    @staticmethod
+    def _route(request: Request) -> Route:
+        methods = ROUTES.get(request.path)
+        if methods is None:
+            raise ApiError(
+                404,
+                "not_found",
+                f"{request.method} {request.path}: no such endpoint; "
+                f"the local API has {', '.join(ROUTES)}",
+            )
+        route = methods.get(request.method)
+        if route is None:
+            allowed = ", ".join(methods)
+            raise ApiError(
+                405, "method_not_allowed", f"{request.method} {request.path}: use {allowed}"
+            )
+        return route
+
+    async def _list(self, request: Request) -> Response:
         page = local_page(
-            self._daemon.listing_row(), list_query(request), self._daemon.source, now_ms()
+            self._daemon.listing_row(), list_query(request.query), self._daemon.source, now_ms()
         )
-        return web.json_response(page.to_wire())
+        return json_response(page)
 
-    async def _health(self, request: web.Request) -> web.Response:
+    async def _health(self, request: Request) -> Response:
         health = self._daemon.health()
-        return web.json_response(health.to_wire(), status=200 if health.ok else 503)
+        return json_response(health, 200 if health.ok else 503)
 
-    async def _status(self, request: web.Request) -> web.Response:
-        return web.json_response(self._daemon.status().to_wire())
+    async def _status(self, request: Request) -> Response:
+        return json_response(self._daemon.status())
 
-    async def _get_mode(self, request: web.Request) -> web.Response:
-        return web.json_response(ModeChange(mode=self._daemon.mode).to_wire())
+    async def _get_mode(self, request: Request) -> Response:
+        return json_response(ModeChange(mode=self._daemon.mode))
 
-    async def _put_mode(self, request: web.Request) -> web.Response:
-        header = request.headers.get("Authorization", "")
+    async def _put_mode(self, request: Request) -> Response:
+        header = request.headers.get("authorization", "")
         given = header.removeprefix("Bearer ").strip()
         if not given or not hmac.compare_digest(given.encode(), self._token.encode()):
             raise ApiError(401, "unauthorized", "changing the mode needs the local API token")
         try:
-            change = ModeChange.model_validate_json(await request.read())
+            change = ModeChange.model_validate_json(request.body)
         except ValidationError as exc:
             raise ApiError(422, "invalid_body", describe_validation_error(exc)) from None
         await self._daemon.set_mode(change.mode, "local API")
-        return web.json_response(change.to_wire())
+        return json_response(change)
+
+
+ROUTES: dict[str, dict[str, Route]] = {
+    "/v1/environments": {"GET": LocalApi._list},
+    "/healthz": {"GET": LocalApi._health},
+    "/v1/status": {"GET": LocalApi._status},
+    "/v1/mode": {"GET": LocalApi._get_mode, "PUT": LocalApi._put_mode},
+}

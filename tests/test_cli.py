@@ -119,6 +119,12 @@ async def test_commands_say_clearly_when_no_daemon_runs(tmp_path: Path) -> None:
     assert "mode from flag --mode: unknown mode 'turbo'" in err
     code, _, err = await cli(env | {"LETTA_BASE_URL": "http://127.0.0.1:9"}, "run")
     assert code == exitcodes.CONFIG and "no API key for http://127.0.0.1:9" in err
+    damaged = tmp_path / "state" / "envagent" / "embedded-platform" / "platform.db"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_text("not a database")
+    code, _, err = await cli(env, "run")
+    assert code == exitcodes.ERROR and err.count("\n") == 1
+    assert f"cannot use the platform database {damaged}: file is not a database" in err
 
 
 async def test_registration_retries_until_the_platform_appears(

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from agent.clock import now_ms
-from agent.httpapi import ApiError, json_errors, list_query, unknown_cursor
+from agent.httpapi import ApiError, list_query, unknown_cursor
 from agent.models import (
     FrameError,
     RegisterReply,
@@ -24,6 +24,7 @@ from agent.platform.keys import hash_key
 from agent.platform.relay import NoSocket, Relay
 from agent.platform.settings import PlatformSettings
 from agent.platform.store import ApiKey, Store, UnknownCursor
+from agent.platform.web_errors import json_errors
 
 log = logging.getLogger("envagent.platform")
 
@@ -73,7 +74,7 @@ async def register(request: web.Request) -> web.Response:
 
 async def list_environments(request: web.Request) -> web.Response:
     key = authenticate(request)
-    query = list_query(request)
+    query = list_query(request.query)
     settings = request.app[SETTINGS_KEY]
     try:
         page = request.app[STORE_KEY].list(
