@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,24 @@ ENVIRON = {
 }
 INSTALL_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 60
+
+
+def copy_project(dest: Path) -> Path:
+    """The project's files (git's tracked and untracked ones, less the ignored) copied into
+    `dest`, to build a wheel from: setuptools leaves build/ and *.egg-info in the tree it
+    builds."""
+    listed = subprocess.run(
+        ["git", "-C", str(PROJECT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    for name in listed.stdout.split("\0"):
+        if name and (PROJECT / name).is_file():  # a deleted file is still listed as tracked
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(PROJECT / name, dest / name)
+    return dest
 
 
 def run(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 from agent import __version__
-from tests.install_helpers import INSTALL_TIMEOUT_S, PROJECT, run
+from tests.install_helpers import INSTALL_TIMEOUT_S, copy_project, run
 
 # Fixture set-up (the wheel and the installs) counts toward the first test's timeout.
 pytestmark = pytest.mark.timeout(2 * INSTALL_TIMEOUT_S + 120)
@@ -31,16 +30,8 @@ pytestmark = pytest.mark.timeout(2 * INSTALL_TIMEOUT_S + 120)
 
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This project's wheel, built from a copy of its files (git's tracked and untracked ones,
-    less the ignored), since setuptools leaves build/ and *.egg-info in the tree it builds."""
-    source = tmp_path_factory.mktemp("source")
-    listed = run(
-        ["git", "-C", PROJECT, "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
-    )
-    for name in listed.stdout.split("\0"):
-        if name and (PROJECT / name).is_file():  # a deleted file is still listed as tracked
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(PROJECT / name, source / name)
+    """This project's wheel, built from a copy of its files."""
+    source = copy_project(tmp_path_factory.mktemp("source"))
     dist = tmp_path_factory.mktemp("dist")
     run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", dist, source],

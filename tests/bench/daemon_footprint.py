@@ -13,8 +13,10 @@ the working directory allow. The code path is the one of every heartbeat at 30 s
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
+from statistics import median
 
 import aiohttp
 
@@ -35,11 +37,13 @@ from tests.bench.procs import (
     cpu_seconds,
     memory,
     thread_count,
+    wait_exit,
 )
 from tests.bench.report import Budget, Figure, Section
 from tests.bench.stats import slope
 
 MIB = 1024.0
+STACK_FLOOR = Path(__file__).with_name("stack_floor.py")
 SETTLE_S = 2.0
 """After online, before measuring: the first status report and the start-up threads finish."""
 POLL_ONLINE_S = 0.01
@@ -50,9 +54,40 @@ async def run(workspace: Workspace, plan: Plan) -> Section:
     section = Section("daemon_footprint", "Daemon footprint (envagent run, local platform)")
     repo = make_repo(workspace.path("repo") / "work")
     async with aiohttp.ClientSession() as http:
-        await _startup_and_idle(workspace, plan, section, http, repo)
+        started_rss = await _startup_and_idle(workspace, plan, section, http, repo)
         await _heartbeats(workspace, plan, section, http, repo)
+    await _stack_floor(workspace, plan, section, started_rss)
     return section
+
+
+async def _stack_floor(
+    workspace: Workspace, plan: Plan, section: Section, daemon_rss: list[float]
+) -> None:
+    """The daemon's libraries alone (tests/bench/stack_floor.py), in the same install, and
+    what envagent adds on top: the profile behind the RSS budget."""
+    assert workspace.runtime is not None, "run after fixtures.install_runtime"
+    python = str(workspace.runtime / "bin" / "python")
+    steps: dict[str, list[float]] = {}
+    for index in range(plan.startup_runs):
+        child = await workspace.spawn(
+            f"stack-floor-{index}", [python, str(STACK_FLOOR)], workspace.env(installed=True)
+        )
+        if await wait_exit(child, 60.0) != 0:
+            raise BenchError(f"stack_floor.py failed:\n{child.tail()}")
+        for step, (rss_kib, _) in json.loads(child.stdout_path.read_text()).items():
+            steps.setdefault(step, []).append(rss_kib / MIB)
+    for step, values in steps.items():
+        section.add(Figure(f"libraries alone: {step}", "MiB RSS", values))
+    floor = median(list(steps.values())[-1])
+    section.add(
+        Figure(
+            "envagent's own share of the RSS after start-up",
+            "MiB",
+            [rss - floor for rss in daemon_rss],
+            note="the daemon's RSS after start-up less the median of the libraries alone: "
+            "its code, models, threads, socket and server",
+        )
+    )
 
 
 async def _startup_and_idle(
@@ -61,7 +96,8 @@ async def _startup_and_idle(
     section: Section,
     http: aiohttp.ClientSession,
     repo: Path,
-) -> None:
+) -> list[float]:
+    """Start-up time, memory and idle CPU; returns the RSS after each start (MiB)."""
     platform = await start_platform(workspace, workspace.path("platform-idle") / "platform.db")
     state_home = workspace.path("daemon-idle")
     online_ms: list[float] = []
@@ -118,6 +154,7 @@ async def _startup_and_idle(
         )
     )
     section.add(Figure("threads while idle", "threads", threads))
+    return rss
 
 
 async def _idle_window(daemon: DaemonProcess, window_s: float) -> tuple[float, float]:

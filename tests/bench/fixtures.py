@@ -8,6 +8,7 @@ start-up are their own.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,9 +20,13 @@ from agent.local_api import LocalApiAddress
 from agent.models import DaemonStatus, EnvironmentList
 from agent.platform.settings import PlatformSettings
 from tests.bench.procs import BenchError, Child, Workspace, wait_exit, wait_for_output
+from tests.install_helpers import copy_project
 
 START_WAIT_S = 30.0
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
+
+
+INSTALL_WAIT_S = 300.0
 
 
 def envagent_command() -> list[str]:
@@ -29,6 +34,39 @@ def envagent_command() -> list[str]:
     executes, so the measured start includes the same imports."""
     script = Path(sys.executable).with_name("envagent")
     return [str(script)] if script.exists() else [sys.executable, "-m", "agent"]
+
+
+async def install_runtime(workspace: Workspace) -> None:
+    """Build envagent's wheel and install it, with its runtime dependencies only, into a fresh
+    venv (what `pipx install envagent` gives a user); the measured daemons run from there.
+
+    The development venv also holds the test tools, and some libraries import what they find:
+    httpx loads click and pygments for its command line when they are installed (1.5 MiB a
+    daemon in the field does not pay)."""
+    source = copy_project(workspace.path("source"))
+    dist, venv = workspace.path("dist"), workspace.path("runtime")
+    pip_env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("PYTHON") and key != "VIRTUAL_ENV"
+    }  # the person's pip configuration (index, find-links) applies, as to a user's install
+    for name, command in (
+        ("build-wheel", [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", dist, source]),
+        ("make-venv", [sys.executable, "-m", "venv", venv]),
+    ):
+        await _run_to_end(workspace, name, [str(part) for part in command], pip_env)
+    (wheel,) = dist.glob("envagent-*.whl")
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)]
+    await _run_to_end(workspace, "install-wheel", pip, pip_env)
+    workspace.runtime = venv
+
+
+async def _run_to_end(
+    workspace: Workspace, name: str, command: list[str], env: dict[str, str]
+) -> None:
+    child = await workspace.spawn(name, command, env)
+    if await wait_exit(child, INSTALL_WAIT_S) != 0:
+        raise BenchError(f"{name} failed:\n{child.tail()}")
 
 
 @dataclass
@@ -114,13 +152,20 @@ async def start_daemon(
     workdir: Path,
     python_flags: tuple[str, ...] = (),
 ) -> DaemonProcess:
-    """`envagent run` against `platform`, configured through the environment as a service
-    would be; the heartbeat period is the platform's (`heartbeatIntervalMs`)."""
-    command = envagent_command()
+    """`envagent run` of the runtime-only install against `platform`, configured through the
+    environment as a service would be; the heartbeat period is the platform's
+    (`heartbeatIntervalMs`)."""
+    if workspace.runtime is None:
+        raise BenchError("start_daemon before install_runtime")
+    bin_dir = workspace.runtime / "bin"
+    command = [str(bin_dir / "envagent")]
     if python_flags:
-        command = [sys.executable, *python_flags, "-m", "agent"]
+        command = [str(bin_dir / "python"), *python_flags, "-m", "agent"]
     env = workspace.env(
-        state_home=state_home, LETTA_BASE_URL=platform.url, LETTA_API_KEY=platform.key
+        state_home=state_home,
+        installed=True,
+        LETTA_BASE_URL=platform.url,
+        LETTA_API_KEY=platform.key,
     )
     child = await workspace.spawn(
         name, [*command, "run", "--name", name, "--workdir", str(workdir)], env
@@ -149,7 +194,9 @@ async def warm_up(workspace: Workspace) -> None:
     has it beside its sources: without that, a start under PYTHONDONTWRITEBYTECODE compiles
     `agent` every time, and the compiler's memory stays in the RSS (6 MiB here). A whole daemon
     run is needed because the daemon imports some modules only when it first uses them.
+    The runtime-only install the daemons run from is made first.
     """
+    await install_runtime(workspace)
     child = await workspace.spawn(
         "warm-up-imports",
         [

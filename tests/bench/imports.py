@@ -9,7 +9,6 @@ compiled beforehand, as in an installed package.
 from __future__ import annotations
 
 import re
-import sys
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -77,8 +76,12 @@ def own_modules(imports: list[Import]) -> dict[str, float]:
 
 async def run(workspace: Workspace, plan: Plan) -> Section:
     section = Section("imports", "Import time of envagent run")
+    assert workspace.runtime is not None, "run after fixtures.install_runtime"
+    python = str(workspace.runtime / "bin" / "python")
     baseline_child = await workspace.spawn(
-        "importtime-baseline", [sys.executable, "-X", "importtime", "-c", "pass"], workspace.env()
+        "importtime-baseline",
+        [python, "-X", "importtime", "-c", "pass"],
+        workspace.env(installed=True),
     )
     if await wait_exit(baseline_child, 30.0) != 0:
         raise BenchError(f"python -c pass failed:\n{baseline_child.tail()}")

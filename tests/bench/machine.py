@@ -16,7 +16,16 @@ from typing import Any
 
 from tests.bench.procs import REPO
 
-_PACKAGES = ("aiohttp", "websockets", "pydantic", "pydantic-core", "httpx", "GitPython", "psutil")
+_PACKAGES = (
+    "aiohttp",
+    "websockets",
+    "pydantic",
+    "pydantic-core",
+    "httpx",
+    "h11",
+    "GitPython",
+    "tenacity",
+)
 
 
 def describe(workspace: Path) -> dict[str, Any]:

@@ -85,6 +85,8 @@ class Workspace:
         self.dir = Path(tempfile.mkdtemp(prefix="envagent-bench-"))
         self._children: list[Child] = []
         self._counter = 0
+        self.runtime: Path | None = None
+        """The runtime-only venv that the measured daemons run from (`fixtures.install_runtime`)."""
 
     async def __aenter__(self) -> Workspace:
         return self
@@ -109,9 +111,12 @@ class Workspace:
         folder.mkdir()
         return folder
 
-    def env(self, state_home: Path | None = None, **extra: str) -> dict[str, str]:
+    def env(
+        self, state_home: Path | None = None, *, installed: bool = False, **extra: str
+    ) -> dict[str, str]:
         """The environment of a child: no settings of the person running the benchmark, its
-        own XDG folders, and bytecode cached in the workspace (see `fixtures.warm_up`)."""
+        own XDG folders, and bytecode cached in the workspace (see `fixtures.warm_up`). The
+        project is on the path unless the child runs an `installed` envagent."""
         environ = {
             key: value
             for key, value in os.environ.items()
@@ -120,7 +125,7 @@ class Workspace:
         home = state_home or self.dir / "xdg"
         environ |= {
             "PYTHONPYCACHEPREFIX": str(self.dir / "pycache"),
-            "PYTHONPATH": str(REPO),
+            **({} if installed else {"PYTHONPATH": str(REPO)}),
             "XDG_STATE_HOME": str(home / "state"),
             "XDG_CONFIG_HOME": str(home / "config"),
             **extra,
