@@ -125,7 +125,7 @@ class LocalHttpServer:
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         while True:
             try:
-                request = await self._read_request(connection, reader)
+                request = await self._read_request(connection, reader, writer)
             except h11.RemoteProtocolError as exc:
                 if connection.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     status = exc.error_status_hint
@@ -147,7 +147,7 @@ class LocalHttpServer:
             connection.start_next_cycle()
 
     async def _read_request(
-        self, connection: h11.Connection, reader: asyncio.StreamReader
+        self, connection: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> Request | None:
         """The next whole request, or None when the client closed the connection."""
         head = await self._next_event(connection, reader)
@@ -161,6 +161,10 @@ class LocalHttpServer:
         declared = headers.get("content-length", "0")
         if declared.isdigit() and int(declared) > self._max_body_bytes:
             raise self._too_large()
+        if connection.they_are_waiting_for_100_continue:  # curl asks before a large body
+            writer.write(
+                connection.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+            )
         body = bytearray()
         while not isinstance(event := await self._next_event(connection, reader), h11.EndOfMessage):
             assert isinstance(event, h11.Data)

@@ -177,3 +177,22 @@ async def test_unix_socket_and_close_cuts_open_connections(tmp_path: Path) -> No
             rest = b""  # closed with our half-request unread: the kernel resets
         assert rest == b""
         writer.close()
+
+
+async def test_a_client_expecting_100_continue_gets_it_before_sending_the_body(
+    server: tuple[LocalHttpServer, str],
+) -> None:
+    _, url = server
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"PUT /m HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_S)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        writer.write(b"{}")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_S)
+        assert head.startswith(b"HTTP/1.1 200 ")
+    finally:
+        writer.close()
