@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from agent.clock import now_ms
 from agent.models import (
@@ -38,6 +39,8 @@ CLOSE_TIMEOUT_S = 2.0  # how long a closing handshake may take before the socket
 BAD_FRAMES_LOGGED = 5  # per socket; after that one line every 1000, so a noisy peer can't flood
 _PONG = PongFrame().to_json()
 _MAX_CLOSE_REASON = 120  # close reasons must fit in a 125-byte control frame
+_ENDED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
+"""What `receive()` returns once the socket is closing: where `async for` would stop."""
 
 
 Answer = ExecuteCommandResponseFrame | SyncResponseFrame
@@ -64,12 +67,11 @@ class Relay:
         self._settings = settings
         self._live: dict[str, LiveSocket] = {}
         self._closing: set[asyncio.Task[bool]] = set()
+        self.sockets_closed = 0
+        """Sockets that were open and have ended, since the start."""
 
     async def serve(self, request: web.Request, key: ApiKey) -> web.WebSocketResponse:
         """Run one daemon's socket from the upgrade to its end."""
-        connection_id = request.query.get("connectionId", "")
-        device_id = request.query.get("deviceId")
-        name = (request.query.get("connectionName") or "")[:200] or None
         ws = web.WebSocketResponse(
             timeout=CLOSE_TIMEOUT_S,
             heartbeat=self._settings.transport_ping_s,
@@ -77,16 +79,46 @@ class Relay:
             compress=False,  # a deflate context per socket costs more memory than it saves
         )
         await ws.prepare(request)
-        issued = self._store.find_issued(key.organization_id, connection_id)
-        if issued is None or (device_id is not None and device_id != issued.device_id):
-            log.info("refused a socket for connection %r: not current", connection_id[:64])
+        live = self._open(ws, key.organization_id, request.query)
+        if live is None:
             await ws.close(
                 code=WSCloseCode.POLICY_VIOLATION, message=_reason(UNKNOWN_CONNECTION_REASON)
             )
             return ws
+        try:
+            # `receive()` rather than `async for`, and no message held while the next one is
+            # awaited: what a socket keeps from one ping to the next outlives the collector's
+            # young generations (see `server.Collector`).
+            while await self._on_message(live, await ws.receive()):
+                pass
+        finally:
+            self.sockets_closed += 1
+            # A replaced socket leaves the row to its successor, which may share its id.
+            if self._live.get(live.row_id) is live:
+                del self._live[live.row_id]
+                self._store.mark_disconnected(live.row_id, live.connection_id, now_ms())
+            how = "left" if live.left or ws.close_code in (1000, 1001) else "lost"
+            log.info("row %s %s (close code %s)", live.row_id, how, ws.close_code)
+        return ws
+
+    def _open(
+        self, ws: web.WebSocketResponse, organization_id: str, query: Mapping[str, str]
+    ) -> LiveSocket | None:
+        """Make `ws` the row's live socket, or None when its connection id is not current.
+
+        An older socket of the row is closed in the background and not referenced any longer:
+        it must not stay in memory for as long as its successor is open.
+        """
+        connection_id = query.get("connectionId", "")
+        device_id = query.get("deviceId")
+        issued = self._store.find_issued(organization_id, connection_id)
+        if issued is None or (device_id is not None and device_id != issued.device_id):
+            log.info("refused a socket for connection %r: not current", connection_id[:64])
+            return None
         live = LiveSocket(issued.row_id, connection_id, ws)
         previous = self._live.get(live.row_id)
         self._live[live.row_id] = live
+        name = (query.get("connectionName") or "")[:200] or None
         self._store.mark_connected(
             live.row_id, connection_id, self._settings.pod_id, name, now_ms()
         )
@@ -98,28 +130,25 @@ class Relay:
             )
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
-        try:
-            await self._read(live)
-        finally:
-            # A replaced socket leaves the row to its successor, which may share its id.
-            if self._live.get(live.row_id) is live:
-                del self._live[live.row_id]
-                self._store.mark_disconnected(live.row_id, connection_id, now_ms())
-            how = "left" if live.left or ws.close_code in (1000, 1001) else "lost"
-            log.info("row %s %s (close code %s)", live.row_id, how, ws.close_code)
-        return ws
+        return live
 
-    async def _read(self, live: LiveSocket) -> None:
-        async for message in live.ws:
-            if message.type == WSMsgType.TEXT:
-                try:
-                    await self._on_frame(live, message.data)
-                except ConnectionResetError:  # the peer dropped the socket as we answered
-                    break
-            elif message.type == WSMsgType.BINARY:
-                self._ignore(live, "a binary frame: frames are JSON text")
-            elif message.type == WSMsgType.ERROR:
-                log.warning("row %s: socket error: %s", live.row_id, live.ws.exception())
+    @property
+    def sockets_open(self) -> int:
+        """Sockets open now (one a row)."""
+        return len(self._live)
+
+    async def _on_message(self, live: LiveSocket, message: WSMessage) -> bool:
+        """Handle one message; False once the socket is closing or closed."""
+        if message.type == WSMsgType.TEXT:
+            try:
+                await self._on_frame(live, message.data)
+            except ConnectionResetError:  # the peer dropped the socket as we answered
+                return False
+        elif message.type == WSMsgType.BINARY:
+            self._ignore(live, "a binary frame: frames are JSON text")
+        elif message.type == WSMsgType.ERROR:
+            log.warning("row %s: socket error: %s", live.row_id, live.ws.exception())
+        return message.type not in _ENDED
 
     async def _on_frame(self, live: LiveSocket, text: str) -> None:
         try:

@@ -3,10 +3,12 @@
     python -m tests.bench.gc_probe LOG platform serve ...
 
 A full collection walks every object the collector tracks, about 80 per open socket on the
-platform, and stops the event loop meanwhile: at thousands of sockets that is the kind of
-stall a pong p99 shows. The code run is the console script's own `agent.cli.main`; the probe
-adds two clock reads per collection and writes one line (`monotonic generation seconds`) for
-each collection that took at least a millisecond.
+platform, and stops the event loop meanwhile: at thousands of sockets that is the kind of stall
+a pong p99 shows. The platform's `server.Collector` therefore collects every 2 s only what is
+not frozen (logged as generation 2, a few ms) and walks everything only once a quarter of the
+sockets have closed or the heap has grown by a quarter. The code run is the console script's
+own `agent.cli.main`; the probe adds two clock reads per collection and writes one line
+(`monotonic generation seconds`) for each collection that took at least a millisecond.
 """
 
 from __future__ import annotations

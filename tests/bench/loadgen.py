@@ -19,6 +19,7 @@ parent is gone).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -340,11 +341,14 @@ class Fleet:
         say whether the generator rather than the platform set the figure."""
         self.latencies = []
         lags: list[float] = []
+        collections: list[float] = []
         probe = asyncio.create_task(_lag_probe(lags))
+        gc.callbacks.append(timed := _collection_timer(collections))
         cpu_before, started = time.process_time(), time.monotonic()
         await asyncio.sleep(window_s)
         elapsed = time.monotonic() - started
         cpu = (time.process_time() - cpu_before) / elapsed * 100
+        gc.callbacks.remove(timed)
         probe.cancel()
         samples, self.latencies = self.latencies, None
         return {
@@ -355,6 +359,7 @@ class Fleet:
             "online": self.online,
             "loadgen_cpu_pct": cpu,
             "loadgen_lag_p99_ms": percentile(lags, 0.99) * 1000,
+            "loadgen_gc_longest_ms": max(collections, default=0.0) * 1000,
         }
 
     def record(self) -> dict[str, Any]:
@@ -395,6 +400,21 @@ async def _lag_probe(lags: list[float]) -> None:
         before = loop.time()
         await asyncio.sleep(LAG_PROBE_S)
         lags.append(loop.time() - before - LAG_PROBE_S)
+
+
+def _collection_timer(durations: list[float]) -> Callable[[str, dict[str, Any]], None]:
+    """A `gc.callbacks` entry appending how long each collection took: a long one here delays
+    the pongs already on their way, which the lag probe, sampling every 10 ms, barely shows."""
+    started = 0.0
+
+    def timed(phase: str, _info: dict[str, Any]) -> None:
+        nonlocal started
+        if phase == "start":
+            started = time.perf_counter()
+        else:
+            durations.append(time.perf_counter() - started)
+
+    return timed
 
 
 def _reply(message: dict[str, Any]) -> None:

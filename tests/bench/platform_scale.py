@@ -115,10 +115,26 @@ def _figures(
             note="collections of 1 ms or more, logged by gc_probe; 0 when none",
         )
     )
+    section.add(
+        Figure(
+            f"{at}: platform's time in GC pauses",
+            "ms",
+            values("gc_total_ms"),
+            note="the sum of those collections over the window",
+        )
+    )
     section.add(Figure(f"{at}: platform RSS", "MiB", values("platform_rss_mib")))
     section.add(Figure(f"{at}: platform RSS per daemon", "KiB", values("rss_per_daemon_kib")))
     section.add(Figure(f"{at}: load generator CPU", "% of a core", values("loadgen_cpu_pct")))
     section.add(Figure(f"{at}: load generator loop lag p99", "ms", values("loadgen_lag_p99_ms")))
+    section.add(
+        Figure(
+            f"{at}: load generator's longest GC pause",
+            "ms",
+            values("loadgen_gc_longest_ms"),
+            note="delays the pongs in flight: a pong max near it is the generator's",
+        )
+    )
     section.add(
         Figure(
             f"{at}: daemons added per second, growing to N",
