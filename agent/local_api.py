@@ -101,8 +101,8 @@ def json_response(body: WireModel, status: int = 200) -> Response:
     return Response(status, body.to_json().encode())
 
 
-def error_response(status: int, error: str, message: str) -> Response:
-    return json_response(ErrorReply(error=error, message=message), status)
+def error_response(refusal: ApiError) -> Response:
+    return json_response(ErrorReply(error=refusal.error, message=refusal.message), refusal.status)
 
 
 class LocalApi:
@@ -138,11 +138,13 @@ class LocalApi:
         try:
             self._check_host(request)
             return await self._route(request)(self, request)
-        except ApiError as exc:
-            return error_response(exc.status, exc.error, exc.message)
+        except ApiError as refusal:
+            return error_response(refusal)
         except Exception:
             log.exception("unexpected error answering %s %s", request.method, request.path)
-            return error_response(500, "internal", "the daemon failed to answer; see its log")
+            return error_response(
+                ApiError(500, "internal", "the daemon failed to answer; see its log")
+            )
 
     def _check_host(self, request: Request) -> None:
         host = request.headers.get("host", "")

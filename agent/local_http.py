@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 
+from agent.httpapi import ApiError
+
 log = logging.getLogger("envagent.local_api")
 
 MAX_HEAD_BYTES = 16 * 1024
-"""Request line and headers together; h11 answers 431 beyond it."""
+"""Request line and headers together; answered 431 beyond it."""
 IDLE_TIMEOUT_S = 30.0
 """A connection that sends nothing for this long is closed: no slow client holds a slot."""
 MAX_CONNECTIONS = 32
@@ -48,21 +50,11 @@ class Response:
     status: int
     body: bytes
     """JSON."""
-    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
-ErrorResponder = Callable[[int, str, str], Response]
-"""Builds the answer for a request the server refuses itself: (status, error, message)."""
-
-
-class _Refused(Exception):
-    """A request the server answers itself, without calling the handler."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
+ErrorResponder = Callable[[ApiError], Response]
+"""Builds the answer to a request the server refuses itself, without calling the handler."""
 
 
 class LocalHttpServer:
@@ -126,18 +118,10 @@ class LocalHttpServer:
         while True:
             try:
                 request = await self._read_request(connection, reader, writer)
-            except h11.RemoteProtocolError as exc:
+            except ApiError as refusal:
                 if connection.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    status = exc.error_status_hint
-                    message = HEAD_TOO_LARGE if status == 431 else f"malformed HTTP request: {exc}"
-                    answer = self._errors(status, "bad_request", message)
-                    await self._write(connection, writer, answer, close=True)
+                    await self._write(connection, writer, self._errors(refusal), close=True)
                     await self._linger(reader, writer)
-                return
-            except _Refused as exc:
-                answer = self._errors(exc.status, exc.error, str(exc))
-                await self._write(connection, writer, answer, close=True)
-                await self._linger(reader, writer)
                 return
             if request is None:
                 return
@@ -156,7 +140,7 @@ class LocalHttpServer:
         assert isinstance(head, h11.Request)
         head_bytes = len(head.target) + sum(len(name) + len(value) for name, value in head.headers)
         if head_bytes > MAX_HEAD_BYTES:  # h11 only bounds a head that arrives in pieces
-            raise _Refused(431, "bad_request", HEAD_TOO_LARGE)
+            raise ApiError(431, "bad_request", HEAD_TOO_LARGE)
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
         declared = headers.get("content-length", "0")
         if declared.isdigit() and int(declared) > self._max_body_bytes:
@@ -183,14 +167,20 @@ class LocalHttpServer:
             body=bytes(body),
         )
 
-    def _too_large(self) -> _Refused:
+    def _too_large(self) -> ApiError:
         message = f"request body is over the {self._max_body_bytes}-byte limit"
-        return _Refused(413, "too_large", message)
+        return ApiError(413, "too_large", message)
 
     @staticmethod
     async def _next_event(connection: h11.Connection, reader: asyncio.StreamReader) -> h11.Event:
+        """The next event of the request; what h11 cannot parse is a refusal (400, or 431)."""
         while True:
-            event = connection.next_event()
+            try:
+                event = connection.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                message = HEAD_TOO_LARGE if status == 431 else f"malformed HTTP request: {exc}"
+                raise ApiError(status, "bad_request", message) from None
             if event is not h11.NEED_DATA:
                 assert not isinstance(event, type)  # PAUSED only follows a request we answered
                 return event
@@ -205,7 +195,6 @@ class LocalHttpServer:
             ("Content-Type", "application/json; charset=utf-8"),
             ("Content-Length", str(len(answer.body))),
             ("Cache-Control", "no-store"),
-            *answer.headers.items(),
         ]
         if close:
             headers.append(("Connection", "close"))
