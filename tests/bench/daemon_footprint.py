@@ -37,7 +37,6 @@ from tests.bench.procs import (
     cpu_seconds,
     memory,
     thread_count,
-    wait_exit,
 )
 from tests.bench.report import Budget, Figure, Section
 from tests.bench.stats import slope
@@ -65,15 +64,12 @@ async def _stack_floor(
 ) -> None:
     """The daemon's libraries alone (tests/bench/stack_floor.py), in the same install, and
     what envagent adds on top: the profile behind the RSS budget."""
-    assert workspace.runtime is not None, "run after fixtures.install_runtime"
-    python = str(workspace.runtime / "bin" / "python")
+    python = workspace.runtime_program("python")
     steps: dict[str, list[float]] = {}
     for index in range(plan.startup_runs):
-        child = await workspace.spawn(
-            f"stack-floor-{index}", [python, str(STACK_FLOOR)], workspace.env(installed=True)
+        child = await workspace.run_to_end(
+            f"stack-floor-{index}", [python, str(STACK_FLOOR)], workspace.env(installed=True), 60.0
         )
-        if await wait_exit(child, 60.0) != 0:
-            raise BenchError(f"stack_floor.py failed:\n{child.tail()}")
         for step, (rss_kib, _) in json.loads(child.stdout_path.read_text()).items():
             steps.setdefault(step, []).append(rss_kib / MIB)
     for step, values in steps.items():

@@ -8,7 +8,6 @@ start-up are their own.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,8 +18,8 @@ import aiohttp
 from agent.local_api import LocalApiAddress
 from agent.models import DaemonStatus, EnvironmentList
 from agent.platform.settings import PlatformSettings
-from tests.bench.procs import BenchError, Child, Workspace, wait_exit, wait_for_output
-from tests.install_helpers import copy_project
+from tests.bench.procs import BenchError, Child, Workspace, wait_for_output
+from tests.install_helpers import ENVIRON, copy_project
 
 START_WAIT_S = 30.0
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
@@ -45,28 +44,16 @@ async def install_runtime(workspace: Workspace) -> None:
     daemon in the field does not pay)."""
     source = copy_project(workspace.path("source"))
     dist, venv = workspace.path("dist"), workspace.path("runtime")
-    pip_env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("PYTHON") and key != "VIRTUAL_ENV"
-    }  # the person's pip configuration (index, find-links) applies, as to a user's install
+    # ENVIRON: the person's pip configuration (index, find-links) applies, as to a user's install
     for name, command in (
         ("build-wheel", [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", dist, source]),
         ("make-venv", [sys.executable, "-m", "venv", venv]),
     ):
-        await _run_to_end(workspace, name, [str(part) for part in command], pip_env)
-    (wheel,) = dist.glob("envagent-*.whl")
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)]
-    await _run_to_end(workspace, "install-wheel", pip, pip_env)
+        await workspace.run_to_end(name, [str(part) for part in command], ENVIRON, INSTALL_WAIT_S)
     workspace.runtime = venv
-
-
-async def _run_to_end(
-    workspace: Workspace, name: str, command: list[str], env: dict[str, str]
-) -> None:
-    child = await workspace.spawn(name, command, env)
-    if await wait_exit(child, INSTALL_WAIT_S) != 0:
-        raise BenchError(f"{name} failed:\n{child.tail()}")
+    (wheel,) = dist.glob("envagent-*.whl")
+    pip = [workspace.runtime_program("python"), "-m", "pip", "install", "-q", str(wheel)]
+    await workspace.run_to_end("install-wheel", pip, ENVIRON, INSTALL_WAIT_S)
 
 
 @dataclass
@@ -155,12 +142,9 @@ async def start_daemon(
     """`envagent run` of the runtime-only install against `platform`, configured through the
     environment as a service would be; the heartbeat period is the platform's
     (`heartbeatIntervalMs`)."""
-    if workspace.runtime is None:
-        raise BenchError("start_daemon before install_runtime")
-    bin_dir = workspace.runtime / "bin"
-    command = [str(bin_dir / "envagent")]
+    command = [workspace.runtime_program("envagent")]
     if python_flags:
-        command = [str(bin_dir / "python"), *python_flags, "-m", "agent"]
+        command = [workspace.runtime_program("python"), *python_flags, "-m", "agent"]
     env = workspace.env(
         state_home=state_home,
         installed=True,
@@ -197,7 +181,7 @@ async def warm_up(workspace: Workspace) -> None:
     The runtime-only install the daemons run from is made first.
     """
     await install_runtime(workspace)
-    child = await workspace.spawn(
+    await workspace.run_to_end(
         "warm-up-imports",
         [
             sys.executable,
@@ -206,9 +190,8 @@ async def warm_up(workspace: Workspace) -> None:
             "tests.bench.gc_probe, tests.bench.loadgen, tests.bench.metadata_probe",
         ],
         workspace.env(),
+        START_WAIT_S,
     )
-    if await wait_exit(child, START_WAIT_S) != 0:
-        raise BenchError(f"importing the project failed:\n{child.tail()}")
     platform = await start_platform(workspace, workspace.path("warm-up") / "platform.db")
     daemon = await start_daemon(
         workspace,

@@ -16,7 +16,7 @@ import aiohttp
 
 from tests.bench.fixtures import make_repo, start_daemon, start_platform, wait_online
 from tests.bench.plan import Plan
-from tests.bench.procs import BenchError, Workspace, wait_exit
+from tests.bench.procs import Workspace
 from tests.bench.report import Figure, Section
 from tests.bench.stats import median
 
@@ -76,15 +76,12 @@ def own_modules(imports: list[Import]) -> dict[str, float]:
 
 async def run(workspace: Workspace, plan: Plan) -> Section:
     section = Section("imports", "Import time of envagent run")
-    assert workspace.runtime is not None, "run after fixtures.install_runtime"
-    python = str(workspace.runtime / "bin" / "python")
-    baseline_child = await workspace.spawn(
+    baseline_child = await workspace.run_to_end(
         "importtime-baseline",
-        [python, "-X", "importtime", "-c", "pass"],
+        [workspace.runtime_program("python"), "-X", "importtime", "-c", "pass"],
         workspace.env(installed=True),
+        30.0,
     )
-    if await wait_exit(baseline_child, 30.0) != 0:
-        raise BenchError(f"python -c pass failed:\n{baseline_child.tail()}")
     baseline_imports = parse(baseline_child.stderr_path.read_text())
     baseline = {item.module for item in baseline_imports}
     platform = await start_platform(workspace, workspace.path("platform-imports") / "platform.db")

@@ -10,7 +10,7 @@ from typing import Any
 
 from tests.bench.fixtures import make_repo
 from tests.bench.plan import Plan
-from tests.bench.procs import BenchError, Workspace, wait_exit
+from tests.bench.procs import Workspace
 from tests.bench.report import Budget, Figure, Section
 from tests.bench.stats import median, percentile
 
@@ -19,13 +19,12 @@ WARM_BUDGET = Budget(20, "DESIGN.md: metadata refresh warm <= 20 ms")
 
 
 async def _probe(workspace: Workspace, mode: str, workdir: Path, warm: int) -> dict[str, Any]:
-    child = await workspace.spawn(
+    child = await workspace.run_to_end(
         f"metadata-{mode}",
         [sys.executable, "-m", "tests.bench.metadata_probe", mode, str(workdir), str(warm)],
         workspace.env(),
+        120.0,
     )
-    if await wait_exit(child, 120.0) != 0:
-        raise BenchError(f"the metadata probe failed:\n{child.tail()}")
     result: dict[str, Any] = json.loads(child.stdout_path.read_text())
     return result
 

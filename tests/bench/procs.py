@@ -158,6 +158,21 @@ class Workspace:
         self._children.append(child)
         return child
 
+    async def run_to_end(
+        self, name: str, args: list[str], env: dict[str, str], within_s: float
+    ) -> Child:
+        """Start `args` and wait for it to exit 0; any other end raises with its output."""
+        child = await self.spawn(name, args, env)
+        if await wait_exit(child, within_s) != 0:
+            raise BenchError(f"{name} failed:\n{child.tail()}")
+        return child
+
+    def runtime_program(self, name: str) -> str:
+        """A program (`python`, `envagent`) of the runtime-only install."""
+        if self.runtime is None:
+            raise BenchError("the runtime-only install is not made yet (fixtures.install_runtime)")
+        return str(self.runtime / "bin" / name)
+
 
 async def wait_exit(child: Child, within_s: float) -> int:
     try:
