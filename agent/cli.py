@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agent import __version__, cli_upgrade, exitcodes
 from agent.models import MODES
+from agent.platform.access import ROLES
 
 SETTING_FLAGS = {
     "name": "connection name (default: the hostname)",
@@ -147,7 +148,16 @@ def _platform_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     create.add_argument("--org", required=True, help="organization the key belongs to")
     create.add_argument("--user", required=True, help="user the key belongs to")
     create.add_argument("--owner", help="name shown as apiKeyOwner in the listing")
+    create.add_argument(
+        "--role",
+        choices=ROLES,
+        default="member",
+        help="member (default): steers only its user's environments; "
+        "admin: every environment of its organization",
+    )
     create.add_argument("--db", type=Path, help="SQLite file (default: in the XDG state dir)")
+    listing = keys_commands.add_parser("list", help="every key's organization, user and role")
+    listing.add_argument("--db", type=Path, help="SQLite file (default: in the XDG state dir)")
 
 
 def fail(message: str, code: int = exitcodes.ERROR) -> int:
@@ -172,12 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _handle_platform(args: argparse.Namespace) -> int:
-    from agent.cli_platform import create_key_command, serve_command
+    from agent.cli_platform import create_key_command, list_keys_command, serve_command
     from agent.platform.store import StoreError
 
     try:
         if args.platform_command == "serve":
             return serve_command(args)
+        if args.keys_command == "list":
+            return list_keys_command(args)
         return create_key_command(args)
     except StoreError as exc:
         return fail(str(exc))

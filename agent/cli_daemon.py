@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import time
+from collections.abc import Callable
 
 from agent import __version__, exitcodes
 from agent.cli import SETTING_FLAGS, fail
@@ -21,14 +23,40 @@ from agent.commands import Commands
 from agent.config import LoadedSettings, Settings, load_settings, render_settings
 from agent.daemon import Daemon
 from agent.embedded import embedded_key_file
+from agent.files import UnusableFile, private_dir
 from agent.logs import register_secret, setup_logging
 from agent.metadata import MetadataCollector
 from agent.models import DaemonStatus, EnvironmentRow, parse_mode
+from agent.paths import state_dir
 from agent.platform.settings import ONLINE_WINDOW_MS
 from agent.service.lock import AlreadyRunning, read_holder
 from agent.service.restart import restart_in_place, service_exit_code, under_service_manager
 
 ATTACH_WAIT_S = 5.0
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _one_line_for_unusable_files(command: Command) -> Command:
+    """A file or folder envagent cannot trust or use ends `command` with the one line naming it
+    and FILES, not a traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except UnusableFile as exc:
+            return fail(str(exc), exitcodes.FILES)
+
+    return run
+
+
+def _local_client(settings: Settings) -> LocalClient:
+    """The running daemon's local API, found through files in a state folder that must be this
+    user's alone: another user could plant the address or token there."""
+    private_dir(state_dir(), create=False)
+    return LocalClient(settings.listener_instance_id)
 
 
 def _load(args: argparse.Namespace) -> LoadedSettings:
@@ -43,16 +71,18 @@ def _load(args: argparse.Namespace) -> LoadedSettings:
 
 def run_command(args: argparse.Namespace) -> int:
     settings = _load(args).settings
-    setup_logging(debug=settings.debug, human=args.foreground, log_file=settings.log_file)
-    if settings.api_key is not None:
-        register_secret(settings.api_key.get_secret_value())
-    daemon = Daemon(settings, parent_pid=args.parent_pid, on_ready=_banner)
     try:
+        setup_logging(debug=settings.debug, human=args.foreground, log_file=settings.log_file)
+        if settings.api_key is not None:
+            register_secret(settings.api_key.get_secret_value())
+        daemon = Daemon(settings, parent_pid=args.parent_pid, on_ready=_banner)
         code = asyncio.run(daemon.run())
     except AlreadyRunning as held:
         if args.attach:
             return _attach(held)
         return service_exit_code(fail(f"{held}; use --attach to use it", exitcodes.ALREADY_RUNNING))
+    except UnusableFile as exc:  # launchd would only restart into the same refusal
+        return service_exit_code(fail(str(exc), exitcodes.FILES))
     if code == exitcodes.RESTART and not under_service_manager():
         restart_in_place()
     return service_exit_code(code)
@@ -75,7 +105,8 @@ def _banner(daemon: Daemon) -> None:
     """The lines a person needs to check what the platform sees, printed once at start."""
     status = daemon.status()
     platform = daemon.platform
-    auth = f"$(cat {embedded_key_file()})" if platform.embedded else "$LETTA_API_KEY"
+    key_file = embedded_key_file(daemon.settings.listener_instance_id)
+    auth = f"$(cat {key_file})" if platform.embedded else "$LETTA_API_KEY"
     where = " (embedded reference platform)" if platform.embedded else ""
     print(
         f"envagent {__version__}: {status.connection_name} (device {status.device_id}), "
@@ -90,9 +121,10 @@ def _banner(daemon: Daemon) -> None:
 # --- status ------------------------------------------------------------------------------------
 
 
+@_one_line_for_unusable_files
 def status_command(args: argparse.Namespace) -> int:
     loaded = _load(args)
-    client = LocalClient(loaded.settings.listener_instance_id)
+    client = _local_client(loaded.settings)
     status = client.status()
     if args.verify:
         return _verify(client, _platform_client(loaded.settings, status))
@@ -136,7 +168,7 @@ def _platform_client(settings: Settings, status: DaemonStatus | None) -> Platfor
         return PlatformClient(settings.base_url, settings.api_key.get_secret_value())
     if status is None or not status.embedded_platform:
         raise ClientError("no platform configured (set LETTA_BASE_URL) and no daemon running")
-    key_file = embedded_key_file()
+    key_file = embedded_key_file(settings.listener_instance_id)
     try:
         key = key_file.read_text().strip()
     except OSError as exc:
@@ -164,15 +196,16 @@ def _verify(client: LocalClient, platform: PlatformClient) -> int:
 # --- list --------------------------------------------------------------------------------------
 
 
+@_one_line_for_unusable_files
 def list_command(args: argparse.Namespace) -> int:
     loaded = _load(args)
     if args.local:
-        rows = LocalClient(loaded.settings.listener_instance_id).listing(args.online_only)
+        rows = _local_client(loaded.settings).listing(args.online_only)
         found = rows.connections
     else:
         status = None
         if loaded.settings.base_url is None:
-            status = LocalClient(loaded.settings.listener_instance_id).status()
+            status = _local_client(loaded.settings).status()
         platform = _platform_client(loaded.settings, status)
         found = list(platform.pages(args.online_only))
     if args.json:
@@ -213,8 +246,9 @@ def render_table(rows: list[EnvironmentRow], now: int) -> str:
 # --- mode, metadata, config --------------------------------------------------------------------
 
 
+@_one_line_for_unusable_files
 def mode_command(args: argparse.Namespace) -> int:
-    client = LocalClient(_load(args).settings.listener_instance_id)
+    client = _local_client(_load(args).settings)
     if args.mode_command == "set":
         try:
             mode = parse_mode(args.value)

@@ -1,19 +1,21 @@
-"""`envagent platform serve` and `envagent platform keys create`."""
+"""`envagent platform serve`, `envagent platform keys create` and `keys list`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from agent import exitcodes
 from agent.cli import fail
 from agent.logs import setup_logging
+from agent.platform.dblock import DatabaseInUse
 from agent.platform.keys import create_key
 from agent.platform.server import serve_forever
 from agent.platform.settings import PlatformSettings, default_db
-from agent.platform.store import ApiKey, Store
+from agent.platform.store import ApiKey, Store, StoredKey
 
 
 def _db(args: argparse.Namespace) -> Path:
@@ -34,6 +36,8 @@ def serve_command(args: argparse.Namespace) -> int:
     )
     try:
         asyncio.run(serve_forever(settings))
+    except DatabaseInUse as exc:
+        return fail(str(exc), exitcodes.ALREADY_RUNNING)
     except OSError as exc:
         return fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror}")
     return exitcodes.OK
@@ -43,13 +47,44 @@ def create_key_command(args: argparse.Namespace) -> int:
     db = _db(args)
     store = Store(db)
     try:
-        key = create_key(store, ApiKey(args.org, args.user, args.owner))
+        key = create_key(store, ApiKey(args.org, args.user, args.owner, args.role))
     finally:
         store.close()
     print(key)
     print(
-        f"envagent: key for user {args.user} of {args.org} stored in {db}; "
+        f"envagent: {args.role} key for user {args.user} of {args.org} stored in {db}; "
         "it is shown only this once",
         file=sys.stderr,
     )
     return exitcodes.OK
+
+
+KEY_COLUMNS = ("ORGANIZATION", "USER", "OWNER", "ROLE", "CREATED", "FINGERPRINT")
+
+
+def list_keys_command(args: argparse.Namespace) -> int:
+    """One line a key; never the key, only the first digits of its hash to tell keys apart."""
+    store = Store(_db(args))
+    try:
+        rows = [KEY_COLUMNS, *(_key_columns(stored) for stored in store.list_keys())]
+    finally:
+        store.close()
+    widths = [max(len(row[n]) for row in rows) for n in range(len(KEY_COLUMNS))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return exitcodes.OK
+
+
+def _key_columns(stored: StoredKey) -> tuple[str, ...]:
+    created = datetime.fromtimestamp(stored.created_at / 1000, UTC)
+    key = stored.key
+    return (
+        key.organization_id,
+        key.user_id,
+        key.owner or "-",
+        key.role,
+        created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        stored.fingerprint,
+    )

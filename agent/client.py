@@ -11,6 +11,7 @@ import httpx
 from pydantic import ValidationError
 
 from agent.clock import now_ms
+from agent.files import Untrusted, UnusableFile, read_private
 from agent.local_api import LocalApiAddress
 from agent.models import (
     MAX_LIST_LIMIT,
@@ -46,13 +47,27 @@ def _explain(response: httpx.Response) -> str:
         return f"HTTP {response.status_code}"
 
 
+def _read(path: Path, what: str) -> bytes:
+    """A private file the daemon wrote; anything else there (a symlink, another user's file) is
+    a one-line ClientError. FileNotFoundError is left to the caller, which knows what it means.
+    """
+    try:
+        return read_private(path).data
+    except FileNotFoundError:
+        raise
+    except (Untrusted, UnusableFile) as exc:
+        raise ClientError(f"{path}: not using it as {what}: {exc}") from None
+    except OSError as exc:
+        raise ClientError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
 class LocalClient:
     """The running daemon's local API, found through the address file it writes."""
 
     def __init__(self, instance_id: str | None) -> None:
         path = address_file(instance_id)
         try:
-            address = LocalApiAddress.model_validate_json(path.read_bytes())
+            address = LocalApiAddress.model_validate_json(_read(path, "the daemon's address"))
         except FileNotFoundError:
             raise ClientError(
                 f"no daemon is running (no {path}); start one: envagent run"
@@ -88,9 +103,9 @@ class LocalClient:
     def set_mode(self, mode: Mode) -> Mode:
         path = token_file(self._instance_id)
         try:
-            token = path.read_text().strip()
-        except OSError as exc:
-            raise ClientError(f"cannot read the local API token {path}: {exc.strerror}") from None
+            token = _read(path, "the local API token").decode("ascii", errors="replace").strip()
+        except FileNotFoundError:
+            raise ClientError(f"cannot read the local API token {path}: no such file") from None
         try:
             response = self._http.put(
                 "/v1/mode",

@@ -24,7 +24,7 @@ from agent import __version__, exitcodes
 from agent.clock import now_ms
 from agent.commands import Commands
 from agent.config import Settings
-from agent.files import write_private
+from agent.files import private_dir, save_private
 from agent.local_api import LocalApi, LocalApiAddress, load_or_create_token
 from agent.logs import register_secret
 from agent.metadata import MetadataCollector
@@ -46,7 +46,7 @@ from agent.models import (
     Source,
 )
 from agent.parent import ParentWatch
-from agent.paths import instance_file
+from agent.paths import instance_file, state_dir
 from agent.service.lock import EMBEDDED, InstanceLock, LockHolder
 from agent.service.notify import Notifier
 from agent.session.connection import Session, socket_url
@@ -276,7 +276,8 @@ class Daemon:
     async def run(self) -> int:
         """Run until stopped or refused; returns the exit code.
 
-        Raises AlreadyRunning when another live daemon holds this identity.
+        Raises AlreadyRunning when another live daemon holds this identity, and UnusableFile
+        when a file or folder it needs cannot be trusted or used.
         """
         try:
             async with contextlib.AsyncExitStack() as cleanup:
@@ -292,6 +293,7 @@ class Daemon:
 
     async def _start(self, cleanup: contextlib.AsyncExitStack) -> None:
         """Everything local, in order, each undone on the way out: never waits for the platform."""
+        await asyncio.to_thread(private_dir, state_dir())
         self._state = await asyncio.to_thread(self._load_state)
         instance = self.settings.listener_instance_id
         lock = InstanceLock(
@@ -321,7 +323,9 @@ class Daemon:
         cleanup.push_async_callback(self._local_api.stop)
         address_file = instance_file("local-api", instance, ".json")
         address = LocalApiAddress(url=url, pid=os.getpid())
-        await asyncio.to_thread(write_private, address_file, address.model_dump_json().encode())
+        await asyncio.to_thread(
+            save_private, address_file, address.model_dump_json().encode(), "the local API address"
+        )
         cleanup.callback(address_file.unlink, missing_ok=True)
         await asyncio.to_thread(lock.set_local_api, url)
         self._install_signal_handlers()
@@ -338,7 +342,7 @@ class Daemon:
             from agent.platform.store import StoreError
 
             try:
-                server, platform = await start_embedded()
+                server, platform = await start_embedded(self.settings.listener_instance_id)
             except StoreError as exc:
                 log.error("%s", exc)
                 raise Finished(exitcodes.ERROR) from None

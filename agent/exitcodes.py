@@ -15,6 +15,11 @@ ALREADY_RUNNING = 5
 UPGRADE_REFUSED = 6
 """`envagent upgrade`: this install must not or cannot upgrade itself; nothing was changed (a
 failed upgrade is ERROR)."""
+FILES = 7
+"""A file or folder envagent needs is unusable: the state folder is writable by others or owned
+by another user, a file is a symlink, a folder or not a regular file, or a path cannot be created
+or written (`--log-file`, `--local-api-socket`, `XDG_STATE_HOME`). The one line on stderr names
+the path and the cause; starting again cannot help until a person fixes it."""
 RESTART = 75
 """Upgraded: start again (EX_TEMPFAIL). A service manager restarts on it; run by hand or by a
 coding tool, the daemon re-executes itself instead of exiting."""

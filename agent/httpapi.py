@@ -19,6 +19,15 @@ class ApiError(Exception):
         self.message = message
 
 
+def bearer_token(header: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, the scheme in any case; None for
+    any other header, a bare token included."""
+    parts = header.split(None, 1)
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        return None
+    return parts[1].strip()
+
+
 def list_query(query: Mapping[str, str]) -> ListQuery:
     try:
         return ListQuery.from_query(query)

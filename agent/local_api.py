@@ -1,6 +1,7 @@
 """The daemon's loopback HTTP API: its own listing row, health, status and the mode.
 
-Reads need nothing; `PUT /v1/mode` needs the token from a 0600 file. Every request must name a
+Reads need nothing; `PUT /v1/mode` needs the token from a 0600 file, sent as
+`Authorization: Bearer <token>`. Every request must name a
 loopback host in its Host header, so that a web page cannot reach the API through a DNS name
 rebound to 127.0.0.1.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,8 +19,8 @@ from typing import Protocol
 from pydantic import BaseModel, ValidationError
 
 from agent.clock import now_ms
-from agent.files import write_private
-from agent.httpapi import ApiError, list_query, unknown_cursor
+from agent.files import Untrusted, read_private, save_private
+from agent.httpapi import ApiError, bearer_token, list_query, unknown_cursor
 from agent.local_http import LocalHttpServer, Request, Response
 from agent.loopback import is_loopback_host
 from agent.models import (
@@ -80,18 +81,41 @@ def local_page(row: EnvironmentRow, query: ListQuery, source: Source, now: int) 
     return EnvironmentList(connections=[row] if keep else [], has_next_page=False)
 
 
+TOKEN_FORMAT = re.compile(rb"[A-Za-z0-9_-]{43}\n?")
+"""What `load_or_create_token` writes: `secrets.token_urlsafe(32)` and a newline."""
+
+
 def load_or_create_token(path: Path) -> str:
-    """The token that guards state changes; made once, kept 0600."""
+    """The token that guards state changes: made once, kept 0600.
+
+    A token file that is not exactly what this function writes may have been planted or read by
+    someone else, so it is replaced with a new token, never trusted. Raises UnusableFile when it
+    cannot be replaced (a folder) or written.
+    """
     try:
-        token = path.read_text().strip()
-        if token:
-            path.chmod(0o600)
-            return token
+        return _read_token(path)
     except FileNotFoundError:
         pass
+    except Untrusted as exc:
+        log.warning("the local API token file %s was %s: made a new token", path, exc)
     token = secrets.token_urlsafe(32)
-    write_private(path, (token + "\n").encode())
+    save_private(path, (token + "\n").encode(), "the local API token")
     return token
+
+
+def _read_token(path: Path) -> str:
+    """The token in `path`; Untrusted when the file is anything but one we wrote."""
+    try:
+        private = read_private(path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise Untrusted(f"unreadable ({exc.strerror})") from None
+    if private.mode != 0o600:
+        raise Untrusted(f"mode {private.mode:04o}, so others may have read it")
+    if not TOKEN_FORMAT.fullmatch(private.data):
+        raise Untrusted("not a token envagent wrote")
+    return private.data.decode("ascii").strip()
 
 
 Route = Callable[["LocalApi", Request], Awaitable[Response]]
@@ -118,10 +142,9 @@ class LocalApi:
         self.url = ""
 
     async def start(self) -> str:
+        """Listen; UnusableFile when the Unix socket's path cannot be used."""
         if self._socket is not None:
-            self._socket.unlink(missing_ok=True)
             await self._server.listen_unix(self._socket)
-            os.chmod(self._socket, 0o600)
             self.url = f"unix:{self._socket}"
         else:
             host, port = await self._server.listen_tcp(self._host, self._port)
@@ -189,10 +212,13 @@ class LocalApi:
         return json_response(ModeChange(mode=self._daemon.mode))
 
     async def _put_mode(self, request: Request) -> Response:
-        header = request.headers.get("authorization", "")
-        given = header.removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given.encode(), self._token.encode()):
-            raise ApiError(401, "unauthorized", "changing the mode needs the local API token")
+        given = bearer_token(request.headers.get("authorization", ""))
+        if given is None or not hmac.compare_digest(given.encode(), self._token.encode()):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "changing the mode needs the local API token: Authorization: Bearer <token>",
+            )
         try:
             change = ModeChange.model_validate_json(request.body)
         except ValidationError as exc:

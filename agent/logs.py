@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from agent.files import open_private, unusable
+
 LOG_FILE_BYTES = 10 * 1024 * 1024
 LOG_FILE_BACKUPS = 5
 _JOURNAL_PRIORITY = {
@@ -81,10 +83,11 @@ class Redactor(logging.Formatter):
 
 
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
-    """Every file it creates, rotated ones included, is 0600 from the start."""
+    """Every file it opens, rotated ones included, is 0600 and never reached through a symlink:
+    the log may sit in a folder others can write, such as /tmp."""
 
     def _open(self) -> io.TextIOWrapper:
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = open_private(Path(self.baseFilename), os.O_WRONLY | os.O_APPEND, "the log file")
         return io.TextIOWrapper(
             io.FileIO(fd, "a"), encoding=self.encoding or "utf-8", errors=self.errors
         )
@@ -109,14 +112,19 @@ def _stderr_formatter(human: bool) -> logging.Formatter:
 
 
 def setup_logging(*, debug: bool, human: bool, log_file: Path | None = None) -> None:
-    """Configure the root logger for the daemon or a CLI command."""
+    """Configure the root logger for the daemon or a CLI command.
+
+    Raises UnusableFile when `log_file` cannot be opened as a private file."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     formatters: list[logging.Formatter] = [_stderr_formatter(human)]
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise unusable(log_file, "cannot create its folder", exc) from None
         file_handler = PrivateRotatingFileHandler(
             log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8"
         )

@@ -9,6 +9,7 @@ here. Python attributes are snake_case; each model declares how its keys are spe
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
@@ -22,6 +23,7 @@ from pydantic import (
     model_serializer,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import from_json
 
 Mode = Literal["default", "standard", "acceptEdits", "bypassPermissions", "unrestricted"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -30,6 +32,14 @@ SOURCES: tuple[str, ...] = get_args(Source)
 
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 100
+_LIMIT_TEXT = re.compile(r"[0-9]{1,3}")
+"""ASCII digits only, and few of them: `str.isdigit` takes `²` and Arabic-Indic digits, and
+`int()` refuses (with an exception) numbers past its digit limit."""
+
+MAX_NAME_CHARS = 200
+"""One cap for device ids, listener instance ids and connection names, wherever they arrive."""
+Identifier = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
+ConnectionName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 
 
 def parse_mode(value: str) -> Mode:
@@ -114,9 +124,9 @@ class Metadata(CamelModel):
 class RegisterRequest(CamelModel):
     _omit_if_none = frozenset({"listener_instance_id", "current_mode", "source"})
 
-    device_id: str = Field(min_length=1, max_length=200)
-    listener_instance_id: str | None = Field(default=None, max_length=200)
-    connection_name: str = Field(min_length=1, max_length=200)
+    device_id: Identifier
+    listener_instance_id: Identifier | None = None
+    connection_name: ConnectionName
     metadata: Metadata = Field(default_factory=Metadata)
     current_mode: Mode | None = None
     source: Source | None = None
@@ -207,20 +217,23 @@ class ListQuery(WireModel):
         limit_text = query.get("limit")
         limit = DEFAULT_LIST_LIMIT
         if limit_text is not None:
-            if not limit_text.strip().isdigit() or not 1 <= int(limit_text) <= MAX_LIST_LIMIT:
+            if not _LIMIT_TEXT.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_LIST_LIMIT:
                 raise ListQueryError(
-                    f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}, got {limit_text!r}"
+                    f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}, "
+                    f"got {_shorten(limit_text)}"
                 )
             limit = int(limit_text)
         online_text = query.get("onlineOnly")
         online_only = False
         if online_text is not None:
             if online_text.lower() not in ("true", "false"):
-                raise ListQueryError(f"onlineOnly must be true or false, got {online_text!r}")
+                raise ListQueryError(
+                    f"onlineOnly must be true or false, got {_shorten(online_text)}"
+                )
             online_only = online_text.lower() == "true"
         source = query.get("source")
         if source is not None and source not in SOURCES:
-            raise ListQueryError(f"source must be local or remote, got {source!r}")
+            raise ListQueryError(f"source must be local or remote, got {_shorten(source)}")
         after = query.get("after")
         if after == "":
             raise ListQueryError("after must be the id of a row, got an empty string")
@@ -243,7 +256,7 @@ class DeviceStatus(WireModel):
     _omit_if_unset = True
 
     current_connection_id: str | None = None
-    connection_name: str | None = None
+    connection_name: ConnectionName | None = None
     is_online: bool | None = None
     current_permission_mode: Mode | None = None
     current_working_directory: str | None = None
@@ -352,10 +365,22 @@ class FrameError(ValueError):
     """A received frame cannot be used; the message says why in one line."""
 
 
+def parse_json(text: str | bytes) -> Any:
+    """Strict JSON with bounded nesting: ValueError for anything else, never RecursionError.
+
+    `json.loads` recurses once per level and raises RecursionError on 6 KB of brackets; this
+    parser (pydantic's) stops at 200 levels. NaN and infinities are not JSON and are refused.
+    """
+    try:
+        return from_json(text, allow_inf_nan=False)
+    except TypeError:  # a str holding lone surrogates, which no JSON text can
+        raise ValueError("text is not valid Unicode") from None
+
+
 def _parse_frame(text: str | bytes, adapter: TypeAdapter[_Frame]) -> _Frame:
     try:
-        raw = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+        raw = parse_json(text)
+    except ValueError as exc:
         raise FrameError(f"frame is not JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise FrameError(f"frame is a JSON {type(raw).__name__}, not an object")
@@ -364,10 +389,11 @@ def _parse_frame(text: str | bytes, adapter: TypeAdapter[_Frame]) -> _Frame:
         return adapter.validate_python(raw)
     except ValidationError as exc:
         if any(error["type"] == "union_tag_invalid" for error in exc.errors()):
-            raise FrameError(f"unknown frame type {frame_type!r}") from None
+            raise FrameError(f"unknown frame type {_shorten(frame_type)}") from None
         if any(error["type"] == "union_tag_not_found" for error in exc.errors()):
             raise FrameError("frame has no 'type'") from None
-        raise FrameError(f"bad {frame_type!r} frame: {describe_validation_error(exc)}") from None
+        problem = describe_validation_error(exc)
+        raise FrameError(f"bad {_shorten(frame_type)} frame: {problem}") from None
 
 
 def parse_daemon_frame(text: str | bytes) -> DaemonFrame:
@@ -378,6 +404,12 @@ def parse_daemon_frame(text: str | bytes) -> DaemonFrame:
 def parse_platform_frame(text: str | bytes) -> PlatformFrame:
     """Parse a frame sent by a platform, or raise FrameError."""
     return _parse_frame(text, _PLATFORM_FRAMES)
+
+
+def _shorten(value: object, keep: int = 40) -> str:
+    """`repr(value)`, cut to `keep` characters, so that a huge value cannot flood a message."""
+    text = repr(value)
+    return text if len(text) <= keep else f"{text[:keep]}... ({len(text)} characters)"
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -8,7 +8,6 @@ within the timeout.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from agent.models import parse_json
 from agent.proc import run_bounded
 
 FoundVia = Literal["PATH", "nvm", "fnm", "volta", "asdf", "none"]
@@ -128,7 +128,7 @@ def _volta(home: Path, env: Mapping[str, str]) -> list[Path]:
 def _volta_default(root: Path) -> str | None:
     """The `node.runtime` that `volta install node` recorded in platform.json."""
     try:
-        platform = json.loads((root / "tools" / "user" / "platform.json").read_text())
+        platform = parse_json((root / "tools" / "user" / "platform.json").read_bytes())
     except (OSError, ValueError):
         return None
     node = platform.get("node") if isinstance(platform, dict) else None

@@ -8,7 +8,6 @@ belongs to the package manager; both are reported with the command a person woul
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import shlex
 import sys
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from agent.models import SelfUpdate
+from agent.models import SelfUpdate, parse_json
 
 DISTRIBUTION = "envagent"
 _SITE_DIR_NAMES = frozenset({"site-packages", "dist-packages"})
@@ -101,7 +100,7 @@ def _editable_checkout(site_dir: Path, prefix: Path) -> Path | None:
         search = [str(path) for path in prefix.glob("lib/python3*/site-packages")]
     for distribution in importlib.metadata.distributions(name=DISTRIBUTION, path=search):
         try:
-            direct_url = json.loads(distribution.read_text("direct_url.json") or "{}")
+            direct_url = parse_json(distribution.read_text("direct_url.json") or "{}")
         except ValueError:
             return None
         url = direct_url.get("url") if isinstance(direct_url, dict) else None

@@ -3,7 +3,8 @@
 One JSON file per daemon identity in the XDG state dir, always written whole (atomically) with
 mode 0600. A damaged file never stops the daemon: it is copied aside, logged once and rebuilt,
 keeping the device id whenever it can still be read, because a new device id makes the platform
-list this machine twice.
+list this machine twice. A file envagent did not write (a symlink, another user's) is replaced
+unread; a folder in its place, which no file can replace, stops the daemon with one line.
 """
 
 from __future__ import annotations
@@ -11,17 +12,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
-import stat
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic_core import from_json
 
 from agent.clock import now_ms
-from agent.files import write_private
+from agent.files import Untrusted, read_private, save_private, unusable
 from agent.models import Mode, describe_validation_error
 from agent.paths import instance_file
 
@@ -37,10 +37,6 @@ _FIRST_SEEN_TOKEN = re.compile(rb'"first_seen_at"\s*:\s*(\d+)\s*[,}]')
 
 DeviceId = Annotated[str, Field(min_length=1, max_length=200)]
 Millis = Annotated[int, Field(ge=0)]
-
-
-class StateError(Exception):
-    """The state file cannot be read or written for a reason other than its content."""
 
 
 class LastConnection(BaseModel):
@@ -90,11 +86,15 @@ class StateStore:
         self._state: DaemonState | None = None
 
     def load(self) -> DaemonState:
-        """Read the file, creating or rebuilding it when it is missing or damaged."""
+        """Read the file, creating or rebuilding it when it is missing, damaged or untrusted.
+
+        Raises UnusableFile when it can be neither read nor replaced (a folder, say)."""
         try:
-            raw = self._read_private()
+            raw = self._read()
         except FileNotFoundError:
             state = self._create(None)
+        except Untrusted as exc:
+            state = self._rebuild(None, str(exc))
         else:
             try:
                 state = _parse(raw)
@@ -107,10 +107,7 @@ class StateStore:
         """Replace the file atomically (mode 0600) with `state`."""
         document = {"version": STATE_VERSION, **state.model_dump(mode="json")}
         data = json.dumps(document, indent=2).encode() + b"\n"
-        try:
-            write_private(self.path, data)
-        except OSError as exc:
-            raise _state_error(self.path, "cannot write the state file", exc) from None
+        save_private(self.path, data, "the state file")
         self._state = state
 
     def update(self, **changes: Any) -> DaemonState:
@@ -123,34 +120,33 @@ class StateStore:
         self.save(state)
         return state
 
-    def _read_private(self) -> bytes:
+    def _read(self) -> bytes:
         """The file's bytes, after making it 0600 if it was not."""
         try:
-            with self.path.open("rb") as handle:
-                mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
-                if mode != 0o600:
-                    os.fchmod(handle.fileno(), 0o600)
-                    logger.info("state file %s was mode %o; made it 0600", self.path, mode)
-                return handle.read()
+            private = read_private(self.path)
         except FileNotFoundError:
             raise
         except OSError as exc:
-            raise _state_error(self.path, "cannot read the state file", exc) from None
+            raise unusable(self.path, "cannot read the state file", exc) from None
+        if private.mode != 0o600:
+            logger.info("state file %s was mode %o; made it 0600", self.path, private.mode)
+        return private.data
 
-    def _rebuild(self, raw: bytes, problem: str) -> DaemonState:
-        """Keep the damaged bytes next to the file, then replace it (the file is never absent)."""
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{now_ms()}")
-        try:
-            write_private(aside, raw)
-        except OSError as exc:
-            raise _state_error(aside, "cannot keep the damaged state file", exc) from None
-        kept = _salvage(raw)
+    def _rebuild(self, raw: bytes | None, problem: str) -> DaemonState:
+        """Keep the damaged bytes next to the file, then replace it (the file is never absent).
+
+        An untrusted file (`raw` None: a symlink, another user's) is replaced unread."""
+        kept, kept_as = None, "replaced it unread"
+        if raw is not None:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{now_ms()}")
+            save_private(aside, raw, "the damaged state file aside")
+            kept, kept_as = _salvage(raw), f"kept it as {aside.name}"
         state = self._create(kept)
         logger.warning(
-            "state file %s is damaged (%s): kept it as %s and started afresh, device id %s (%s)",
+            "state file %s is damaged (%s): %s and started afresh, device id %s (%s)",
             self.path,
             problem,
-            aside.name,
+            kept_as,
             state.device_id,
             "recovered" if kept else "the old one was unreadable",
         )
@@ -176,8 +172,8 @@ def _parse(raw: bytes) -> DaemonState:
     if not raw.strip():
         raise ValueError("the file is empty")
     try:
-        document = json.loads(raw)
-    except ValueError as exc:
+        document = from_json(raw)
+    except ValueError as exc:  # deep nesting included: from_json bounds its recursion
         raise ValueError(f"not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise ValueError(f"a JSON {type(document).__name__}, not an object")
@@ -206,16 +202,12 @@ def _salvage(raw: bytes) -> dict[str, Any] | None:
 def _readable_fields(raw: bytes) -> dict[str, Any]:
     """The top-level object if `raw` is JSON, else the identity tokens a truncated file kept."""
     try:
-        document = json.loads(raw)
+        document = from_json(raw)
     except ValueError:
         fields: dict[str, Any] = {}
         if device := _DEVICE_ID_TOKEN.search(raw):
-            fields["device_id"] = json.loads(device.group(1))
+            fields["device_id"] = from_json(device.group(1))
         if first_seen := _FIRST_SEEN_TOKEN.search(raw):
             fields["first_seen_at"] = int(first_seen.group(1))
         return fields
     return document if isinstance(document, dict) else {}
-
-
-def _state_error(path: Path, action: str, exc: OSError) -> StateError:
-    return StateError(f"{path}: {action}: {exc.strerror or exc}")

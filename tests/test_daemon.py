@@ -322,7 +322,15 @@ async def test_a_thousand_malformed_frames_do_not_end_the_session(
     async def socket(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        bad = ["not json", "[]", "{}", '{"type": "nope"}', '{"type": "execute_command"}']
+        bad = [
+            "not json",
+            "[]",
+            "{}",
+            '{"type": "nope"}',
+            '{"type": "execute_command"}',
+            "[" * 3000 + "]" * 3000,  # past any recursive parser's stack
+            '{"type": "sync", "request_id": ' + "{" * 3000 + "}" * 3000 + "}",
+        ]
         for n in range(1000):
             await ws.send_str(bad[n % len(bad)])
         await ws.send_bytes(b"\x00binary")

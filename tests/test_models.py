@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from agent.models import (
+    MAX_NAME_CHARS,
     MODES,
     ChangeDeviceStateFrame,
     DeviceStatePayload,
@@ -281,12 +282,53 @@ def test_change_device_state_without_runtime_is_accepted() -> None:
         ('{"type": "pong"}', "unknown frame type 'pong'"),
         ('{"type": "ping", "current_mode": "yolo"}', "bad 'ping' frame: ping.current_mode"),
         ('{"type": "execute_command_response"}', "request_id: Field required"),
+        ("[" * 3000 + "]" * 3000, "frame is not JSON: recursion limit exceeded"),
+        ('{"type": "ping", "sent_at": NaN}', "frame is not JSON"),
+        ('{"type": "ping"}\x00', "frame is not JSON"),
+        ('{"type": "' + "x" * 5000 + '"}', "unknown frame type 'xxxx.*characters"),
+        (
+            '{"type": "update_device_status", "device_status": {"connection_name": "'
+            + "n" * 201
+            + '"}}',
+            "connection_name: String should have at most 200 characters",
+        ),
     ],
 )
 def test_bad_daemon_frames_get_one_clear_line(text: str | bytes, message: str) -> None:
     with pytest.raises(FrameError, match=message.replace("(", r"\(")) as caught:
         parse_daemon_frame(text)
     assert "\n" not in str(caught.value)
+    assert len(str(caught.value)) < 300
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 3000 + "]" * 3000,
+        '{"type": "sync", "request_id": ' + "[" * 5000 + "]" * 5000 + "}",
+        '{"type": "execute_command", "command_id": "c", "request_id": "r", "args": '
+        + '{"a":' * 2000
+        + "1"
+        + "}" * 2000
+        + "}",
+    ],
+)
+def test_deep_nesting_is_a_bad_frame_for_both_sides(text: str) -> None:
+    """`json.loads` raised RecursionError here, which ended the session on either side."""
+    with pytest.raises(FrameError, match="recursion limit exceeded"):
+        parse_platform_frame(text)
+    with pytest.raises(FrameError, match="recursion limit exceeded"):
+        parse_daemon_frame(text.encode())
+
+
+def test_the_name_cap_is_the_same_for_registration_and_device_status() -> None:
+    name = "n" * MAX_NAME_CHARS
+    status = DeviceStatus.model_validate({"connection_name": name})
+    request = RegisterRequest(device_id="d" * MAX_NAME_CHARS, connection_name=name)
+    assert status.connection_name == request.connection_name == name
+    for model, key in ((DeviceStatus, "connection_name"), (RegisterRequest, "connectionName")):
+        with pytest.raises(ValidationError, match="at most 200 characters"):
+            model.model_validate({"deviceId": "d", key: name + "n"})
 
 
 def test_modes() -> None:
@@ -316,11 +358,25 @@ def test_list_query_parses_strings() -> None:
         ({"limit": "101"}, "limit"),
         ({"limit": "ten"}, "limit"),
         ({"limit": "-1"}, "limit"),
+        ({"limit": "\u00b2"}, "limit"),  # `str.isdigit` is true for superscript two
+        ({"limit": "\u0665"}, "limit"),  # Arabic-Indic five: `int()` reads it as 5
+        ({"limit": " 1"}, "limit"),
+        ({"limit": "1 "}, "limit"),
+        ({"limit": "+1"}, "limit"),
+        ({"limit": "1_0"}, "limit"),  # `int()` takes underscores
+        ({"limit": "9" * 5000}, "limit"),  # past `int()`'s digit limit
+        ({"limit": ""}, "limit"),
         ({"onlineOnly": "yes"}, "onlineOnly"),
         ({"source": "cloud"}, "source"),
         ({"after": ""}, "after"),
     ],
 )
 def test_list_query_errors_name_the_parameter(params: dict[str, str], named: str) -> None:
-    with pytest.raises(ListQueryError, match=f"^{named} "):
+    with pytest.raises(ListQueryError, match=f"^{named} ") as caught:
         ListQuery.from_query(params)
+    assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize(("text", "limit"), [("1", 1), ("100", 100), ("007", 7), ("50", 50)])
+def test_list_query_limit_takes_ascii_digits_at_both_ends(text: str, limit: int) -> None:
+    assert ListQuery.from_query({"limit": text}).limit == limit

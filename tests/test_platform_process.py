@@ -16,6 +16,10 @@ import httpx
 import pytest
 
 from agent import __version__
+from agent.embedded import embedded_key_file, start_embedded
+from agent.paths import state_dir
+from agent.platform.dblock import DatabaseInUse
+from agent.platform.keys import hash_key
 from tests.helpers import WAIT_S, FakeDaemon, open_socket, wait_for
 
 LISTENING = "envagent platform listening on "
@@ -195,3 +199,88 @@ async def test_database_files_are_private(
         if path.name.startswith("platform.db"):
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert stat.S_IMODE(os.stat(tmp_path / "platform.db").st_mode) == 0o600
+
+
+async def test_one_platform_process_per_database(
+    spawn: Callable[..., Awaitable[PlatformProcess]], tmp_path: Path
+) -> None:
+    db, lock = tmp_path / "platform.db", tmp_path / "platform.db.lock"
+    first = await spawn()
+    key = (tmp_path / "platform.db.dev-api-key").read_text().strip()
+    assert lock.read_text() == f"{first.process.pid}\n"
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+    async with httpx.AsyncClient(timeout=WAIT_S) as http:
+        daemon = await register(http, first.url, key, "dev-1")
+        code, out, err = await run_cli("platform", "serve", "--port", "0", "--db", str(db))
+        assert (code, out) == (5, "")
+        assert err == (
+            f"envagent: the platform database {db} is in use by pid {first.process.pid} "
+            f"(lock {lock}); SQLite serves one platform process\n"
+        )
+        # The refused start changed nothing: the first platform's socket is still online.
+        assert await daemon.ping() == {"type": "pong"}
+        row = await get_row(http, first.url, key, "dev-1")
+        assert row["connectionId"] == daemon.connection_id
+        assert lock.read_text() == f"{first.process.pid}\n"
+
+        # The kernel drops the lock of a killed holder: the next start takes it.
+        await first.stop(signal.SIGKILL)
+        await daemon.wait_closed()
+        second = await spawn()
+        assert lock.read_text() == f"{second.process.pid}\n"
+        assert (await get_row(http, second.url, key, "dev-1"))["id"] == row["id"]
+        assert await second.stop(signal.SIGTERM) == 0
+    assert lock.exists() and lock.read_text() == ""  # kept: a new file would be a second lock
+
+
+async def test_a_lock_file_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").write_text("")
+    (tmp_path / "platform.db.lock").symlink_to(tmp_path / "elsewhere")
+    code, _, err = await run_cli(
+        "platform", "serve", "--port", "0", "--db", str(tmp_path / "platform.db")
+    )
+    assert code == 1 and err.startswith("envagent: cannot lock the platform database")
+    assert not (tmp_path / "platform.db").exists()  # refused before the database was touched
+
+
+async def test_each_listener_instance_has_its_own_embedded_platform() -> None:
+    started = [await start_embedded(instance) for instance in (None, "a", "b/c")]
+    try:
+        databases = {server.settings.db for server, _ in started}
+        assert len(databases) == 3
+        for instance, (server, platform) in zip((None, "a", "b/c"), started, strict=True):
+            assert embedded_key_file(instance) == server.settings.dev_key_file
+            assert embedded_key_file(instance).read_text().strip() == platform.api_key
+        with pytest.raises(DatabaseInUse, match=f"in use by pid {os.getpid()}"):
+            await start_embedded("a")
+    finally:
+        for server, _ in started:
+            await server.stop()
+    assert started[0][0].settings.db == state_dir() / "embedded-platform" / "platform.db"
+
+
+async def test_keys_list_shows_roles_and_never_a_key(tmp_path: Path) -> None:
+    db = str(tmp_path / "platform.db")
+    keys = []
+    for args in (("--user", "u1", "--owner", "Ann"), ("--user", "u3", "--role", "admin")):
+        code, out, err = await run_cli(
+            "platform", "keys", "create", "--org", "org-a", *args, "--db", db
+        )
+        assert code == 0, err
+        keys.append(out.strip())
+    assert "admin key for user u3 of org-a" in err
+    code, out, _ = await run_cli("platform", "keys", "list", "--db", db)
+    assert code == 0
+    header, *lines = out.splitlines()
+    assert header.split() == ["ORGANIZATION", "USER", "OWNER", "ROLE", "CREATED", "FINGERPRINT"]
+    assert [line.split()[:4] for line in lines] == [
+        ["org-a", "u1", "Ann", "member"],
+        ["org-a", "u3", "-", "admin"],
+    ]
+    for key, line in zip(keys, lines, strict=True):
+        assert key not in out and hash_key(key) not in out
+        assert line.split()[-1] == hash_key(key)[:12]
+    code, _, err = await run_cli(
+        "platform", "keys", "create", "--org", "o", "--user", "u", "--role", "root", "--db", db
+    )
+    assert code == 2 and "invalid choice: 'root'" in err

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from agent import exitcodes
+from agent.service.restart import FINAL_EXIT_CODES
 
 KEY = "sk-test-0123456789abcdef"
 USER = pwd.getpwuid(os.geteuid()).pw_name
@@ -182,6 +183,8 @@ def test_units_pass_systemd_analyze_verify(name: str, tmp_path: Path) -> None:
     assert KEY not in text
     assert f"EnvironmentFile=-{real(kind.secrets_file, home)}" in text
     assert f'ExecStart="{ENVAGENT}" "run" "--workdir" "{tmp_path}"' in text
+    final = " ".join(str(code) for code in sorted(FINAL_EXIT_CODES))
+    assert f"\nRestartPreventExitStatus={final}\n" in text  # the same codes launchd sees as 0
 
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

@@ -17,14 +17,9 @@ import pytest
 from pydantic import ValidationError
 
 from agent import state as state_module
+from agent.files import UnusableFile
 from agent.paths import state_dir
-from agent.state import (
-    DaemonState,
-    LastConnection,
-    StateError,
-    StateStore,
-    state_path,
-)
+from agent.state import DaemonState, LastConnection, StateStore, state_path
 
 NOW = 1_700_000_000_000
 DEVICE_ID = "6f1c2a9e-3b4d-4e5f-8a7b-9c0d1e2f3a4b"
@@ -106,7 +101,7 @@ def test_a_failed_write_keeps_the_old_file_whole() -> None:
     store = StateStore(path)
     store.load()
     before = path.read_bytes()
-    with file_size_limit(8), pytest.raises(StateError) as raised:
+    with file_size_limit(8), pytest.raises(UnusableFile) as raised:
         store.update(mode="unrestricted")
     assert path.read_bytes() == before
     assert os.listdir(state_dir()) == ["state.json"]
@@ -114,13 +109,13 @@ def test_a_failed_write_keeps_the_old_file_whole() -> None:
     assert StateStore(path).load().mode == "default"
 
 
-def test_an_unusable_folder_is_a_state_error_naming_the_path(tmp_path: Path) -> None:
+def test_an_unusable_folder_is_one_line_naming_the_path(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     path = blocker / "state.json"
     fresh = DaemonState(device_id=DEVICE_ID, first_seen_at=NOW)
     for action in (StateStore(path).load, lambda: StateStore(path).save(fresh)):
-        with pytest.raises(StateError) as raised:
+        with pytest.raises(UnusableFile) as raised:
             action()
         message = str(raised.value)
         assert str(path) in message
@@ -183,6 +178,13 @@ KEEPS_NOTHING = (None, NOW)
             id="bad-time",
         ),
         pytest.param(dumped(good_document(device_id=42)), KEEPS_NOTHING, "device_id", id="bad-id"),
+        pytest.param(b"[" * 3000 + b"]" * 3000, KEEPS_NOTHING, "recursion", id="deep-nesting"),
+        pytest.param(
+            b'{"device_id": "6f1c2a9e-3b4d-4e5f-8a7b-9c0d1e2f3a4b", "x": ' + b"[" * 3000,
+            KEEPS_ID,
+            "not JSON",
+            id="deep-nesting-after-the-id",
+        ),
         pytest.param(
             dumped(good_document(last_connection={"at": "now"})),
             KEEPS_BOTH,
@@ -228,7 +230,7 @@ def test_a_damaged_file_stays_put_until_its_replacement_is_written() -> None:
     path.parent.mkdir(parents=True)
     damaged = dumped(good_document(mode="auto"))
     path.write_bytes(damaged)
-    with file_size_limit(8), pytest.raises(StateError):
+    with file_size_limit(8), pytest.raises(UnusableFile):
         StateStore(path).load()
     assert path.read_bytes() == damaged
     assert StateStore(path).load().device_id == DEVICE_ID
@@ -285,3 +287,50 @@ def test_update_refuses_bad_changes_and_leaves_the_file_alone() -> None:
     with pytest.raises(ValidationError):
         store.update(mode="auto")
     assert path.read_bytes() == before
+
+
+def test_a_symlinked_state_file_is_replaced_and_its_target_left_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = tmp_path / "someone-elses.json"
+    target.write_bytes(dumped(good_document()))
+    target.chmod(0o644)
+    path = state_path(None)
+    path.parent.mkdir(parents=True, mode=0o700)
+    path.symlink_to(target)
+
+    state = StateStore(path).load()
+
+    assert state.device_id != DEVICE_ID  # nothing was read through the link
+    assert not path.is_symlink() and mode_of(path) == 0o600
+    assert mode_of(target) == 0o644
+    assert target.read_bytes() == dumped(good_document())
+    [warning] = state_warnings(caplog)
+    assert "symlink" in warning and str(path) in warning
+
+
+def test_a_fifo_in_place_of_the_state_file_is_replaced_without_blocking() -> None:
+    path = state_path(None)
+    path.parent.mkdir(parents=True, mode=0o700)
+    os.mkfifo(path, 0o600)
+    StateStore(path).load()
+    assert stat.S_ISREG(path.lstat().st_mode)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+def test_a_state_file_owned_by_another_user_is_replaced_unread() -> None:
+    path = state_path(None)
+    path.parent.mkdir(parents=True, mode=0o700)
+    path.write_bytes(dumped(good_document()))
+    path.chmod(0o600)
+    os.chown(path, 65534, 65534)
+    assert StateStore(path).load().device_id != DEVICE_ID
+    assert path.stat().st_uid == os.geteuid()
+
+
+def test_a_folder_in_place_of_the_state_file_is_one_line() -> None:
+    path = state_path(None)
+    path.mkdir(parents=True)
+    with pytest.raises(UnusableFile) as raised:
+        StateStore(path).load()
+    assert str(raised.value) == f"{path} is a folder, not a file: remove it"

@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from agent.clock import now_ms
-from agent.httpapi import ApiError, list_query, unknown_cursor
+from agent.httpapi import ApiError, bearer_token, list_query, unknown_cursor
 from agent.models import (
     FrameError,
     RegisterReply,
@@ -20,6 +20,7 @@ from agent.models import (
     describe_validation_error,
     parse_platform_frame,
 )
+from agent.platform.access import check_may_steer
 from agent.platform.keys import hash_key
 from agent.platform.relay import NoSocket, Relay
 from agent.platform.settings import PlatformSettings
@@ -36,11 +37,10 @@ SETTINGS_KEY = web.AppKey("settings", PlatformSettings)
 
 
 def authenticate(request: web.Request) -> ApiKey:
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = bearer_token(request.headers.get("Authorization", ""))
+    if not key:
         raise ApiError(401, "unauthorized", "missing Authorization: Bearer <api key> header")
-    found = request.app[STORE_KEY].find_key(hash_key(key.strip()))
+    found = request.app[STORE_KEY].find_key(hash_key(key))
     if found is None:
         raise ApiError(401, "unauthorized", "the API key was not recognised")
     return found
@@ -61,6 +61,9 @@ async def register(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid_body", describe_validation_error(exc)) from None
     store = request.app[STORE_KEY]
     settings = request.app[SETTINGS_KEY]
+    owner = store.find_owner(key.organization_id, registration)
+    if owner is not None:
+        check_may_steer(key, owner.user_id, owner.row_id)
     row_id, connection_id = store.register(key, registration, now_ms())
     scheme = "wss" if request.secure else "ws"
     reply = RegisterReply(
@@ -105,7 +108,7 @@ async def send_frame(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid_body", str(exc)) from None
     relay, wait_s = request.app[RELAY_KEY], request.app[SETTINGS_KEY].answer_wait_s
     try:
-        answer = await relay.send(key.organization_id, connection_id, frame, wait_s)
+        answer = await relay.send(key, connection_id, frame, wait_s)
     except NoSocket:
         raise ApiError(
             404, "not_found", f"no live socket for connectionId {connection_id!r}"

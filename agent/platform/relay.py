@@ -1,14 +1,16 @@
 """The relay socket: one live WebSocket per environment row, newest wins.
 
 Rules from PROTOCOL.md §3: a socket must present the row's current connection id (else close
-1008); a second socket for the same row closes the older with 1000 `Replaced by new
-connection`; opening counts as the first heartbeat; every `ping` gets a `pong`; a `disconnect`
-frame or a clean close marks the row offline at once. Bad frames are logged and ignored.
+1008) with a key that may steer the row (`access`; else close 1008 naming the rule); a second
+socket for the same row closes the older with 1000 `Replaced by new connection`; opening counts
+as the first heartbeat; every `ping` gets a `pong`; a `disconnect` frame or a clean close marks
+the row offline at once. Bad frames are logged and ignored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +19,8 @@ from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from agent.clock import now_ms
 from agent.models import (
+    MAX_NAME_CHARS,
+    DaemonFrame,
     DisconnectFrame,
     ExecuteCommandResponseFrame,
     FrameError,
@@ -27,14 +31,16 @@ from agent.models import (
     UpdateDeviceStatusFrame,
     parse_daemon_frame,
 )
+from agent.platform.access import Forbidden, check_may_steer
 from agent.platform.settings import PlatformSettings
-from agent.platform.store import ApiKey, Store
+from agent.platform.store import ApiKey, Store, StoreUnavailable
 
 log = logging.getLogger("envagent.platform")
 
 REPLACED_REASON = "Replaced by new connection"
 UNKNOWN_CONNECTION_REASON = "unknown or superseded connectionId: register again"
 SHUTDOWN_REASON = "platform shutting down"
+UNAVAILABLE_REASON = "the platform's database cannot take writes now: try again later"
 CLOSE_TIMEOUT_S = 2.0  # how long a closing handshake may take before the socket is dropped
 BAD_FRAMES_LOGGED = 5  # per socket; after that one line every 1000, so a noisy peer can't flood
 _PONG = PongFrame().to_json()
@@ -79,12 +85,14 @@ class Relay:
             compress=False,  # a deflate context per socket costs more memory than it saves
         )
         await ws.prepare(request)
-        live = self._open(ws, key.organization_id, request.query)
-        if live is None:
-            await ws.close(
-                code=WSCloseCode.POLICY_VIOLATION, message=_reason(UNKNOWN_CONNECTION_REASON)
-            )
-            return ws
+        try:
+            live = self._open(ws, key, request.query)
+        except NoSocket:
+            return await _refuse(ws, UNKNOWN_CONNECTION_REASON)
+        except Forbidden as exc:
+            return await _refuse(ws, str(exc))
+        except StoreUnavailable:  # logged by the store, once an outage
+            return await _refuse(ws, UNAVAILABLE_REASON, WSCloseCode.TRY_AGAIN_LATER)
         try:
             # `receive()` rather than `async for`, and no message held while the next one is
             # awaited: what a socket keeps from one ping to the next outlives the collector's
@@ -96,32 +104,33 @@ class Relay:
             # A replaced socket leaves the row to its successor, which may share its id.
             if self._live.get(live.row_id) is live:
                 del self._live[live.row_id]
-                self._store.mark_disconnected(live.row_id, live.connection_id, now_ms())
+                with contextlib.suppress(StoreUnavailable):  # the row goes stale: lost
+                    self._store.mark_disconnected(live.row_id, live.connection_id, now_ms())
             how = "left" if live.left or ws.close_code in (1000, 1001) else "lost"
             log.info("row %s %s (close code %s)", live.row_id, how, ws.close_code)
         return ws
 
-    def _open(
-        self, ws: web.WebSocketResponse, organization_id: str, query: Mapping[str, str]
-    ) -> LiveSocket | None:
-        """Make `ws` the row's live socket, or None when its connection id is not current.
+    def _open(self, ws: web.WebSocketResponse, key: ApiKey, query: Mapping[str, str]) -> LiveSocket:
+        """Make `ws` the row's live socket: NoSocket when its connection id is not current,
+        Forbidden when `key` may not steer the row (the open socket, if any, goes on).
 
         An older socket of the row is closed in the background and not referenced any longer:
         it must not stay in memory for as long as its successor is open.
         """
         connection_id = query.get("connectionId", "")
         device_id = query.get("deviceId")
-        issued = self._store.find_issued(organization_id, connection_id)
+        issued = self._store.find_issued(key.organization_id, connection_id)
         if issued is None or (device_id is not None and device_id != issued.device_id):
             log.info("refused a socket for connection %r: not current", connection_id[:64])
-            return None
+            raise NoSocket(connection_id)
+        check_may_steer(key, issued.owner_user_id, issued.row_id)
+        name = (query.get("connectionName") or "")[:MAX_NAME_CHARS] or None
+        self._store.mark_connected(
+            issued.row_id, connection_id, self._settings.pod_id, name, now_ms()
+        )
         live = LiveSocket(issued.row_id, connection_id, ws)
         previous = self._live.get(live.row_id)
         self._live[live.row_id] = live
-        name = (query.get("connectionName") or "")[:200] or None
-        self._store.mark_connected(
-            live.row_id, connection_id, self._settings.pod_id, name, now_ms()
-        )
         if previous is not None:
             log.info("row %s: a newer socket replaces the open one", live.row_id)
             # In the background: a half-open old socket must not delay the new one's pongs.
@@ -156,6 +165,15 @@ class Relay:
         except FrameError as exc:
             self._ignore(live, str(exc))
             return
+        try:
+            await self._on_valid_frame(live, frame)
+        except StoreUnavailable:
+            # Logged by the store, once an outage. The socket goes on: the daemon is fine and
+            # frames still reach it; its row says what the database could last record.
+            if isinstance(frame, PingFrame):
+                await live.ws.send_str(_PONG)
+
+    async def _on_valid_frame(self, live: LiveSocket, frame: DaemonFrame) -> None:
         now = now_ms()
         if isinstance(frame, PingFrame):
             self._store.record_heartbeat(live.row_id, live.connection_id, frame.current_mode, now)
@@ -179,15 +197,19 @@ class Relay:
             log.warning("row %s: ignored bad frame #%d: %s", live.row_id, live.bad_frames, why)
 
     async def send(
-        self, organization_id: str, connection_id: str, frame: PlatformFrame, wait_s: float
+        self, key: ApiKey, connection_id: str, frame: PlatformFrame, wait_s: float
     ) -> Answer | None:
-        """Send `frame` to the live socket holding `connection_id` (NoSocket when none).
+        """Send `frame` to the live socket holding `connection_id`: NoSocket when none,
+        Forbidden when `key` may not steer its row.
 
         A frame with a `request_id` waits up to `wait_s` for the daemon's answer (None when
         none came); other frames return None at once.
         """
-        issued = self._store.find_issued(organization_id, connection_id)
-        live = self._live.get(issued.row_id) if issued else None
+        issued = self._store.find_issued(key.organization_id, connection_id)
+        if issued is None:
+            raise NoSocket(connection_id)
+        check_may_steer(key, issued.owner_user_id, issued.row_id)
+        live = self._live.get(issued.row_id)
         if live is None or live.connection_id != connection_id:
             raise NoSocket(connection_id)
         request_id = getattr(frame, "request_id", None)
@@ -217,5 +239,15 @@ class Relay:
         )
 
 
+async def _refuse(
+    ws: web.WebSocketResponse, why: str, code: WSCloseCode = WSCloseCode.POLICY_VIOLATION
+) -> web.WebSocketResponse:
+    """Close right after the upgrade (1008 unless told): the daemon reads the reason, a 4xx it
+    would not."""
+    await ws.close(code=code, message=_reason(why))
+    return ws
+
+
 def _reason(text: str) -> bytes:
-    return text.encode()[:_MAX_CLOSE_REASON]
+    """At most `_MAX_CLOSE_REASON` bytes, cut between characters: peers reject bad UTF-8."""
+    return text.encode()[:_MAX_CLOSE_REASON].decode(errors="ignore").encode()

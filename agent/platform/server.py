@@ -1,4 +1,5 @@
-"""Start and stop the reference platform: the store, the development key, the HTTP site."""
+"""Start and stop the reference platform: the database lock, the store, the development key,
+the HTTP site."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import time
 from aiohttp import web
 
 from agent.platform.app import RELAY_KEY, build_app
+from agent.platform.dblock import DatabaseLock
 from agent.platform.keys import ensure_dev_key
 from agent.platform.relay import Relay
 from agent.platform.settings import PlatformSettings
 from agent.platform.store import Store
+from agent.platform.web_errors import JsonErrorRunner
 
 log = logging.getLogger("envagent.platform")
 
@@ -33,6 +36,7 @@ class PlatformServer:
 
     def __init__(self, settings: PlatformSettings) -> None:
         self.settings = settings
+        self._lock = DatabaseLock(settings.db)
         self._store: Store | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -54,6 +58,15 @@ class PlatformServer:
         return self._store
 
     async def start(self) -> None:
+        """Lock the database (DatabaseInUse when another process serves it), then serve."""
+        self._lock.acquire()
+        try:
+            await self._serve()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _serve(self) -> None:
         store = Store(self.settings.db)
         self._store = store
         stale = store.clear_connections()
@@ -61,7 +74,7 @@ class PlatformServer:
             log.info("%d rows were connected when the platform last stopped: now offline", stale)
         ensure_dev_key(store, self.settings.dev_key_file)
         app = build_app(store, self.settings)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = JsonErrorRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         # A deep accept queue: after a restart the whole fleet reconnects within a second or so,
         # and every connection the default 128 drops waits a second for its SYN to be resent.
@@ -78,6 +91,7 @@ class PlatformServer:
         if self._store is not None:
             self._store.close()
             self._store = None
+        self._lock.release()
 
 
 class Collector:

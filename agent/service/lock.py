@@ -7,7 +7,6 @@ who holds it, so that a second start can name the pid and (for `--attach`) the l
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from agent.files import Untrusted, UnusableFile, hold_flock, read_private
 from agent.paths import state_dir
 
 EMBEDDED = "embedded"
@@ -49,9 +49,10 @@ def lock_path(platform: str, device_id: str, instance_id: str | None) -> Path:
 
 
 def read_holder(path: Path) -> LockHolder | None:
+    """Who holds the lock, as its file says; None when it says nothing usable."""
     try:
-        return LockHolder.model_validate_json(path.read_bytes())
-    except (OSError, ValidationError):
+        return LockHolder.model_validate_json(read_private(path).data)
+    except (OSError, Untrusted, UnusableFile, ValidationError):
         return None
 
 
@@ -62,14 +63,11 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock or raise AlreadyRunning naming who has it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise AlreadyRunning(self.path, read_holder(self.path)) from None
+        """Take the lock or raise AlreadyRunning naming who has it; UnusableFile when the lock
+        file is not a private file (a symlink, say)."""
+        fd = hold_flock(self.path, "a lock file")
+        if fd is None:
+            raise AlreadyRunning(self.path, read_holder(self.path))
         self._fd = fd
         self._write()
 

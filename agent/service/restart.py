@@ -6,11 +6,22 @@ import logging
 import os
 import sys
 
+from agent import exitcodes
+
 log = logging.getLogger("envagent")
 
 
-FINAL_EXIT_CODES = frozenset({2, 3, 4, 5})
-"""Exits after which starting again cannot help (settings, a refused key, replaced, taken)."""
+FINAL_EXIT_CODES = frozenset(
+    {
+        exitcodes.CONFIG,
+        exitcodes.CREDENTIALS,
+        exitcodes.REPLACED,
+        exitcodes.ALREADY_RUNNING,
+        exitcodes.FILES,
+    }
+)
+"""Exits after which starting again cannot help (settings, a refused key, replaced, taken, an
+unusable file)."""
 
 
 def under_launchd() -> bool:

@@ -1,0 +1,54 @@
+"""Who may steer a row (PROTOCOL.md §3): within an organization reading is shared, steering
+is not.
+
+Steering is anything that acts on a daemon: registering over its row, opening its socket,
+sending it a frame. The rule is one pure function so that it can be read, and tested, alone;
+organizations are kept apart before it is asked, by the store's lookups.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # the store imports this module for `Role`
+    from agent.platform.store import ApiKey
+
+log = logging.getLogger("envagent.platform")
+
+Role = Literal["member", "admin"]
+ROLES: tuple[Role, ...] = ("member", "admin")
+"""`member`, the default, steers its own user's rows; `admin` every row of its organization."""
+ADMIN: Role = "admin"
+
+
+class Forbidden(PermissionError):
+    """The key may read the row but not steer it; the message names the rule."""
+
+
+def may_steer(key: ApiKey, owner_user_id: str) -> bool:
+    """Only a key of the user that registered the row, or an admin key of its organization."""
+    return key.role == ADMIN or key.user_id == owner_user_id
+
+
+def refusal(key: ApiKey, owner_user_id: str) -> str:
+    """The rule, in words short enough for a WebSocket close reason with usual ids."""
+    return (
+        f"only user {owner_user_id}, who registered this environment, "
+        f"or an admin key of {key.organization_id} may steer it"
+    )
+
+
+def check_may_steer(key: ApiKey, owner_user_id: str, row_id: str) -> None:
+    """Raise Forbidden unless `key` may steer the row; a refusal is logged, never the key."""
+    if may_steer(key, owner_user_id):
+        return
+    log.warning(
+        "refused user %s (key %r) of %s steering row %s, which user %s registered",
+        key.user_id,
+        key.owner,
+        key.organization_id,
+        row_id,
+        owner_user_id,
+    )
+    raise Forbidden(refusal(key, owner_user_id))
