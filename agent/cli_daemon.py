@@ -24,6 +24,7 @@ from agent.config import LoadedSettings, Settings, load_settings, render_setting
 from agent.daemon import Daemon
 from agent.embedded import embedded_key_file
 from agent.files import UnusableFile, private_dir
+from agent.local_api import PortUnavailable
 from agent.logs import register_secret, setup_logging
 from agent.metadata import MetadataCollector
 from agent.models import DaemonStatus, EnvironmentRow, parse_mode
@@ -83,6 +84,8 @@ def run_command(args: argparse.Namespace) -> int:
         return service_exit_code(fail(f"{held}; use --attach to use it", exitcodes.ALREADY_RUNNING))
     except UnusableFile as exc:  # launchd would only restart into the same refusal
         return service_exit_code(fail(str(exc), exitcodes.FILES))
+    except PortUnavailable as exc:
+        return fail(str(exc))
     if code == exitcodes.RESTART and not under_service_manager():
         restart_in_place()
     return service_exit_code(code)

@@ -60,6 +60,12 @@ class DaemonView(Protocol):
     async def set_mode(self, mode: Mode, origin: str) -> None: ...
 
 
+class PortUnavailable(Exception):
+    """The local API's TCP port cannot be bound; the message is the one line to print. Unlike
+    an unusable file, this may heal by itself (the other program exits), so it is no final exit.
+    """
+
+
 class LocalApiAddress(BaseModel):
     """Written beside the state while the daemon runs, so that the CLI can find it."""
 
@@ -142,12 +148,20 @@ class LocalApi:
         self.url = ""
 
     async def start(self) -> str:
-        """Listen; UnusableFile when the Unix socket's path cannot be used."""
+        """Listen; UnusableFile when the Unix socket's path cannot be used, PortUnavailable
+        when the TCP port cannot be bound (taken by another program, say)."""
         if self._socket is not None:
             await self._server.listen_unix(self._socket)
             self.url = f"unix:{self._socket}"
         else:
-            host, port = await self._server.listen_tcp(self._host, self._port)
+            try:
+                host, port = await self._server.listen_tcp(self._host, self._port)
+            except OSError as exc:
+                raise PortUnavailable(
+                    f"cannot serve the local API on {self._host}:{self._port}: "
+                    f"{exc.strerror or exc}; choose another --local-api-port, "
+                    "or leave it unset for a free one"
+                ) from None
             self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         return self.url
 

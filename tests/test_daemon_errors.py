@@ -1,10 +1,13 @@
-"""A file or folder the daemon needs and cannot use: each is one line on stderr naming the path
-and the cause, and exit code FILES, never a traceback (which under systemd would be a restart
-loop). Every case is a real `envagent run`."""
+"""What stops the daemon at start-up, each one line on stderr and a documented exit code, never
+a traceback: a file or folder it needs and cannot use (naming the path and the cause; exit
+FILES, which systemd does not restart, as starting again cannot help), and a local API port in
+use (exit ERROR, which it does restart: the port may come free). Every case is a real
+`envagent run`."""
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,6 +122,22 @@ async def test_an_unusable_file_is_one_line_and_the_files_exit_code(
     assert cause in assert_one_line(daemon, path)
     after = {p: p.lstat() for p in tmp_path.rglob("*") if "daemon" not in p.parts}
     assert after == before  # nothing of the person's was touched, followed or chmod'ed
+
+
+async def test_a_local_api_port_in_use_is_one_line_and_a_code_a_restart_may_heal(
+    platform: Platform, spawn: Spawn
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        daemon = await spawn(platform.url, platform.key, "--local-api-port", str(port))
+        assert await daemon.wait_exit() == exitcodes.ERROR
+    stderr = daemon.stderr()
+    assert "Traceback" not in stderr
+    [line] = stderr.splitlines()
+    assert line.startswith(f"envagent: cannot serve the local API on 127.0.0.1:{port}: ")
+    assert "in use" in line and "--local-api-port" in line
 
 
 async def test_an_unwritable_state_home_is_one_line(
