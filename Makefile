@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check agent tests
 	$(BIN)/ruff format --check agent tests
 	$(BIN)/mypy --strict agent
+	$(BIN)/lint-imports --no-cache
 
 test: lint
 	$(BIN)/pytest

@@ -1,5 +1,5 @@
 """`python -m agent` runs the same CLI as the `envagent` script."""
 
-from agent.cli import main
+from agent.cli.main import main
 
 raise SystemExit(main())

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from agent.local_api import LocalApiAddress
+from agent.localapi.routes import LocalApiAddress
 from tests.helpers import WAIT_S, wait_for
 
 

@@ -14,9 +14,11 @@ from typing import Any
 
 import httpx
 
-from agent import __version__, exitcodes
+from agent import __version__
+from agent.platform.access import ApiKey
 from agent.platform.keys import create_key
-from agent.platform.store import ApiKey, Store
+from agent.platform.store import Store
+from agent.support import exitcodes
 from tests.conftest import StartPlatform
 from tests.daemon_helpers import Spawn, online
 from tests.helpers import WAIT_S, Platform, free_port, wait_for

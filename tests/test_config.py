@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from agent.config import ConfigError, LoadedSettings, Settings, load_settings, render_settings
-from agent.paths import config_dir
+from agent.daemon.config import (
+    ConfigError,
+    LoadedSettings,
+    Settings,
+    load_settings,
+    render_settings,
+)
+from agent.support.paths import config_dir
 
 KEY = "envk_0123456789abcdefwxyz"
 

@@ -18,9 +18,10 @@ import httpx
 from aiohttp import web
 from letta_client import AsyncLetta
 
-from agent import __version__, exitcodes
+from agent import __version__
+from agent.platform.access import ApiKey
 from agent.platform.keys import create_key
-from agent.platform.store import ApiKey
+from agent.support import exitcodes
 from tests.conftest import StartPlatform
 from tests.daemon_helpers import Spawn, TcpProxy, online
 from tests.helpers import WAIT_S, Platform, wait_for
@@ -312,6 +313,7 @@ async def test_a_thousand_malformed_frames_do_not_end_the_session(
 ) -> None:
     """A scripted platform (a real local server) floods the daemon with bad frames."""
     pongs_after_flood = asyncio.Event()
+    received: list[dict[str, Any]] = []
 
     async def register(request: web.Request) -> web.Response:
         host = request.host
@@ -334,9 +336,11 @@ async def test_a_thousand_malformed_frames_do_not_end_the_session(
         for n in range(1000):
             await ws.send_str(bad[n % len(bad)])
         await ws.send_bytes(b"\x00binary")
+        await ws.send_bytes(b'{"type": "sync", "request_id": "sent-as-binary"}')
         await ws.send_str('{"type": "sync", "padding": "' + "x" * 300_000 + '"}')
         async for message in ws:
-            if json.loads(message.data)["type"] == "ping":
+            received.append(json.loads(message.data))
+            if received[-1]["type"] == "ping":
                 await ws.send_str('{"type": "pong"}')
                 pongs_after_flood.set()
         return ws
@@ -355,6 +359,9 @@ async def test_a_thousand_malformed_frames_do_not_end_the_session(
         assert status["state"] == "online" and status["connects"] == 1
         assert (await daemon.get("/healthz")).status_code == 200
         assert "ignored a frame" in daemon.stderr()
+        assert "ignored a binary frame" in daemon.stderr()
+        # Frames are JSON text: a binary frame is not acted on, whatever it holds.
+        assert not [frame for frame in received if frame.get("request_id") == "sent-as-binary"]
         assert await daemon.stop() == exitcodes.OK
     finally:
         await runner.cleanup()

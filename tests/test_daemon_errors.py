@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import exitcodes
+from agent.support import exitcodes
 from tests.daemon_helpers import DaemonProcess, Spawn, kill_all, start_daemon
 from tests.helpers import Platform
 from tests.test_cli import cli

@@ -14,7 +14,7 @@ import signal
 import aiohttp
 import pytest
 
-from agent.models import EnvironmentRow
+from agent.protocol.models import EnvironmentRow
 from tests.bench.fixtures import PlatformProcess, start_platform
 from tests.bench.loadgen_client import LoadGen
 from tests.bench.procs import Workspace

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from websockets.exceptions import ConnectionClosed
 
-from agent.models import (
+from agent.protocol.models import (
     MODES,
     FrameError,
     ListQuery,

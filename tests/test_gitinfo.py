@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.gitinfo import git_branch
+from agent.machine.git import git_branch
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["git", "--version"], capture_output=True).returncode != 0,
@@ -115,7 +115,7 @@ def test_works_without_a_git_binary(tmp_path: Path) -> None:
     code = """
         import sys
         from pathlib import Path
-        from agent.gitinfo import git_branch
+        from agent.machine.git import git_branch
         print(git_branch(Path(sys.argv[1])))
         import git
         print("git binary found:", git.GIT_OK)
@@ -133,7 +133,7 @@ def test_reading_the_branch_starts_no_process(tmp_path: Path) -> None:
     code = """
         import sys
         from pathlib import Path
-        from agent.gitinfo import git_branch
+        from agent.machine.git import git_branch
         git_branch(Path(sys.argv[1]))  # imports gitpython
         spawned = []
         sys.addaudithook(

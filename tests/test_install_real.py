@@ -1,7 +1,7 @@
-"""What a real install says about itself: this project's wheel installed with the real pipx
-(with each of its two backends), uv and pip, then `envagent metadata` run from the install
-(PROTOCOL.md §4). tests/test_selfupdate.py covers every layout with hand-made copies; this file
-shows that the tools really produce the pipx, uv tool and venv layouts detected there.
+"""What a real install says about itself: this project's wheel installed with the real pipx (with
+each of its two backends), uv and pip, then `envagent metadata` run from the install
+(docs/protocol.md, "Metadata"). tests/test_selfupdate.py covers every layout with hand-made copies;
+this file shows that the tools really produce the pipx, uv tool and venv layouts detected there.
 
 The installs fetch the dependencies from the package registry, as a person's would. They are
 independent, so they all start when the first test needs one, and each test waits for its own.

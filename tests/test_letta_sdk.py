@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from letta_client import AsyncLetta
 
+from agent.platform.access import ApiKey
 from agent.platform.keys import create_key
-from agent.platform.store import ApiKey
 from tests.helpers import Platform
 
 METADATA = {

@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent import exitcodes
-from agent.files import UnusableFile, private_dir
-from agent.local_api import TOKEN_FORMAT, load_or_create_token
-from agent.paths import state_dir
-from agent.service.lock import InstanceLock, LockHolder, lock_path, read_holder
+from agent.daemon.lock import InstanceLock, LockHolder, lock_path, read_holder
+from agent.localapi.routes import TOKEN_FORMAT, load_or_create_token
+from agent.support import exitcodes
+from agent.support.files import UnusableFile, private_dir
+from agent.support.paths import state_dir
 from tests.daemon_helpers import DaemonProcess, Spawn
 from tests.helpers import WAIT_S, Platform
 

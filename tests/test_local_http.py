@@ -15,9 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent import exitcodes, local_http
-from agent.httpapi import ApiError
-from agent.local_http import Admission, LocalHttpServer, Request, Response
+from agent.localapi import server as local_http
+from agent.localapi.server import Admission, LocalHttpServer, Request, Response
+from agent.protocol.httpapi import ApiError
+from agent.support import exitcodes
 from tests.daemon_helpers import Spawn, online
 from tests.helpers import Platform, wait_for
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.metadata import MetadataCollector, os_name
-from agent.node import NodeInfo
+from agent.machine.metadata import MetadataCollector, os_name
+from agent.machine.node import NodeInfo
 from tests.test_gitinfo import (
     git,
     git_identity,  # noqa: F401  # autouse: commits need an author

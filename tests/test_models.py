@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from agent.models import (
+from agent.protocol.models import (
     MAX_NAME_CHARS,
     MODES,
     ChangeDeviceStateFrame,

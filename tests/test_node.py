@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.node import NodeInfo, find_node
+from agent.machine.node import NodeInfo, find_node
 
 MANAGER_VARIABLES = (
     "NVM_DIR",

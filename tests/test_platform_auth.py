@@ -1,5 +1,6 @@
-"""Within an organization reading is shared and steering is not (PROTOCOL.md §3): each route
-against each kind of key, on a real platform; the key roles and the schema migration."""
+"""Within an organization reading is shared and steering is not (docs/protocol.md, "Who may
+steer"): each route against each kind of key, on a real platform; the key roles and the schema
+migration."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from agent.platform.access import may_steer
+from agent.platform.access import ApiKey, may_steer
 from agent.platform.keys import create_key, hash_key
-from agent.platform.store import SCHEMA_VERSION, ApiKey, Store, StoreError
+from agent.platform.store import SCHEMA_VERSION, Store, StoreError
 from tests.conftest import StartPlatform
 from tests.daemon_helpers import Spawn, online
 from tests.helpers import WAIT_S, FakeDaemon, Platform, open_socket

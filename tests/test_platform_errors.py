@@ -13,9 +13,9 @@ import httpx
 import pytest
 from aiohttp import web
 
-from agent.models import RegisterRequest
+from agent.daemon.session.register import TransientRegistrationError, register_once
 from agent.platform.web_errors import JsonErrorRunner
-from agent.session.register import TransientRegistrationError, register_once
+from agent.protocol.models import RegisterRequest
 from tests.helpers import WAIT_S, Platform, open_socket
 
 LIMIT = 8190  # aiohttp's longest request line or header

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from agent.platform.access import ApiKey
 from agent.platform.keys import create_key
-from agent.platform.store import ApiKey
 from tests.helpers import WAIT_S, FakeDaemon, Platform
 
 

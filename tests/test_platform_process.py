@@ -16,10 +16,9 @@ import httpx
 import pytest
 
 from agent import __version__
-from agent.embedded import embedded_key_file, start_embedded
-from agent.paths import state_dir
-from agent.platform.dblock import DatabaseInUse
+from agent.daemon.embedded import EmbeddedPlatformError, embedded_key_file, start_embedded
 from agent.platform.keys import hash_key
+from agent.support.paths import state_dir
 from tests.helpers import WAIT_S, FakeDaemon, open_socket, wait_for
 
 LISTENING = "envagent platform listening on "
@@ -251,7 +250,7 @@ async def test_each_listener_instance_has_its_own_embedded_platform() -> None:
         for instance, (server, platform) in zip((None, "a", "b/c"), started, strict=True):
             assert embedded_key_file(instance) == server.settings.dev_key_file
             assert embedded_key_file(instance).read_text().strip() == platform.api_key
-        with pytest.raises(DatabaseInUse, match=f"in use by pid {os.getpid()}"):
+        with pytest.raises(EmbeddedPlatformError, match=f"in use by pid {os.getpid()}"):
             await start_embedded("a")
     finally:
         for server, _ in started:

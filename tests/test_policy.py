@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent.session.policy import (
+from agent.daemon.session.policy import (
     REREGISTER_AFTER_S,
     CloseAction,
     ReconnectPolicy,

@@ -10,13 +10,13 @@ import httpx
 import pytest
 from aiohttp import web
 
-from agent.models import Metadata, RegisterReply, RegisterRequest
-from agent.session.register import (
+from agent.daemon.session.register import (
     RegistrationRefused,
     TransientRegistrationError,
     register,
     register_once,
 )
+from agent.protocol.models import Metadata, RegisterReply, RegisterRequest
 
 REQUEST = RegisterRequest(
     device_id="dev-1",
@@ -111,31 +111,28 @@ async def test_network_errors_are_transient() -> None:
 
 
 @pytest.mark.parametrize(
-    ("answer", "message", "credentials"),
+    ("answer", "message"),
     [
         (
             web.json_response({"error": "unauthorized", "message": "bad key"}, status=401),
             r"the platform refused the API key \(HTTP 401 from http://\S+\): bad key",
-            True,
         ),
-        (web.Response(status=403), "the platform refused the API key", True),
-        (web.Response(status=404), "does not offer environment registration", False),
+        (web.Response(status=403), "the platform refused the API key"),
+        (web.Response(status=404), "does not offer environment registration"),
         (
             web.json_response({"error": "invalid", "message": "deviceId: too long"}, status=422),
             "registration refused: HTTP 422 .*: deviceId: too long",
-            False,
         ),
-        (web.Response(status=200, text="<html>hello</html>"), "is this a Letta platform", False),
-        (web.json_response({"connectionId": "c"}), "is this a Letta platform", False),
+        (web.Response(status=200, text="<html>hello</html>"), "is this a Letta platform"),
+        (web.json_response({"connectionId": "c"}), "is this a Letta platform"),
     ],
 )
 async def test_final_answers_stop_at_once_with_one_line(
-    server: tuple[str, Script], answer: web.Response, message: str, credentials: bool
+    server: tuple[str, Script], answer: web.Response, message: str
 ) -> None:
     url, script = server
     script.answers = [answer]
     with pytest.raises(RegistrationRefused, match=message) as refused:
         await _register(url, [])
-    assert refused.value.credentials is credentials
     assert "\n" not in str(refused.value)
     assert len(script.requests) == 1  # no retry

@@ -18,8 +18,8 @@ import pydantic
 import pytest
 
 import agent
-from agent.models import SelfUpdate
-from agent.selfupdate import detect_self_update
+from agent.machine.selfupdate import detect_self_update
+from agent.protocol.models import SelfUpdate
 
 PACKAGE = Path(agent.__file__).resolve().parent
 CHECKOUT = PACKAGE.parent
@@ -94,7 +94,10 @@ def test_defaults_from_inside_a_venv(tmp_path: Path) -> None:
     install_copy(site)
     # pydantic and friends come from the project's environment, after the venv's own folder.
     (site / "deps.pth").write_text(str(Path(pydantic.__file__).resolve().parent.parent) + "\n")
-    code = "from agent.selfupdate import detect_self_update; print(detect_self_update().to_json())"
+    code = (
+        "from agent.machine.selfupdate import detect_self_update; "
+        "print(detect_self_update().to_json())"
+    )
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     result = subprocess.run(
         [str(venv / "bin" / "python"), "-c", code],
@@ -344,7 +347,8 @@ def test_read_only_mount(tmp_path: Path) -> None:
     venv = make_venv(tmp_path / "venv")
     package = install_copy(site_packages(venv))
     code = (
-        "import sys; from pathlib import Path; from agent.selfupdate import detect_self_update; "
+        "import sys; from pathlib import Path; "
+        "from agent.machine.selfupdate import detect_self_update; "
         "print(detect_self_update(Path(sys.argv[1]), Path(sys.argv[2])).to_json())"
     )
     shell = 'mount --bind -o ro "$1" "$1" || exit 77; shift; exec "$@"'

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from agent import exitcodes
-from agent.service.restart import FINAL_EXIT_CODES
+from agent.daemon.restart import FINAL_EXIT_CODES
+from agent.support import exitcodes
 
 KEY = "sk-test-0123456789abcdef"
 USER = pwd.getpwuid(os.geteuid()).pw_name

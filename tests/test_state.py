@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent import state as state_module
-from agent.files import UnusableFile
-from agent.paths import state_dir
-from agent.state import DaemonState, LastConnection, StateStore, state_path
+from agent.daemon import state as state_module
+from agent.daemon.state import DaemonState, LastConnection, StateStore, state_path
+from agent.support.files import UnusableFile
+from agent.support.paths import state_dir
 
 NOW = 1_700_000_000_000
 DEVICE_ID = "6f1c2a9e-3b4d-4e5f-8a7b-9c0d1e2f3a4b"

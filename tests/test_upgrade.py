@@ -26,12 +26,13 @@ from typing import Any
 import pytest
 from uv import find_uv_bin
 
-from agent import __version__, exitcodes
-from agent.commands import Commands
-from agent.config import Settings
-from agent.models import DaemonStatus, ExecuteCommandFrame, Metadata
-from agent.selfupdate import detect_self_update
-from agent.upgrade import LOCK_FILE, Outcome, Result
+from agent import __version__
+from agent.daemon.commands import Commands
+from agent.daemon.config import Settings
+from agent.machine.selfupdate import detect_self_update
+from agent.protocol.models import DaemonStatus, ExecuteCommandFrame, Metadata
+from agent.support import exitcodes
+from agent.upgrade.install import LOCK_FILE, Outcome, Result
 from tests.conftest import StartPlatform
 from tests.daemon_helpers import DaemonProcess, Spawn, collect_lines, kill_all, online
 from tests.helpers import WAIT_S, Platform, wait_for
@@ -442,7 +443,7 @@ async def test_an_upgrade_outlives_its_session_and_still_restarts(
         assert release.wait(WAIT_S)
         return Result(Outcome.UPGRADED, "1", "2", "upgraded envagent 1 → 2")
 
-    monkeypatch.setattr("agent.commands.upgrade", slow_upgrade)
+    monkeypatch.setattr("agent.daemon.commands.upgrade", slow_upgrade)
     host = Host()
     command = asyncio.create_task(
         Commands(host).run(ExecuteCommandFrame(command_id="upgrade", request_id="u-1"))

@@ -1,5 +1,5 @@
-"""Who may steer a row (PROTOCOL.md §3): within an organization reading is shared, steering
-is not.
+"""Who may steer a row (docs/protocol.md, "Who may steer"): within an organization reading is
+shared, steering is not.
 
 Steering is anything that acts on a daemon: registering over its row, opening its socket,
 sending it a frame. The rule is one pure function so that it can be read, and tested, alone;
@@ -9,10 +9,8 @@ organizations are kept apart before it is asked, by the store's lookups.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:  # the store imports this module for `Role`
-    from agent.platform.store import ApiKey
+from dataclasses import dataclass
+from typing import Literal
 
 log = logging.getLogger("envagent.platform")
 
@@ -20,6 +18,16 @@ Role = Literal["member", "admin"]
 ROLES: tuple[Role, ...] = ("member", "admin")
 """`member`, the default, steers its own user's rows; `admin` every row of its organization."""
 ADMIN: Role = "admin"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """Who a key speaks for. The key itself is never stored, only its hash."""
+
+    organization_id: str
+    user_id: str
+    owner: str | None
+    role: Role = "member"
 
 
 class Forbidden(PermissionError):

@@ -11,21 +11,21 @@ import logging
 from aiohttp import web
 from pydantic import ValidationError
 
-from agent.clock import now_ms
-from agent.httpapi import ApiError, bearer_token, list_query, unknown_cursor
-from agent.models import (
+from agent.platform.access import ApiKey, check_may_steer
+from agent.platform.keys import hash_key
+from agent.platform.relay import NoSocket, Relay
+from agent.platform.settings import PlatformSettings
+from agent.platform.store import Store, UnknownCursor
+from agent.platform.web_errors import json_errors
+from agent.protocol.httpapi import ApiError, bearer_token, list_query, unknown_cursor
+from agent.protocol.models import (
     FrameError,
     RegisterReply,
     RegisterRequest,
     describe_validation_error,
     parse_platform_frame,
 )
-from agent.platform.access import check_may_steer
-from agent.platform.keys import hash_key
-from agent.platform.relay import NoSocket, Relay
-from agent.platform.settings import PlatformSettings
-from agent.platform.store import ApiKey, Store, UnknownCursor
-from agent.platform.web_errors import json_errors
+from agent.support.clock import now_ms
 
 log = logging.getLogger("envagent.platform")
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.files import Untrusted, UnusableFile, hold_flock, read_private
 from agent.platform.store import StoreError
+from agent.support.files import Untrusted, UnusableFile, hold_flock, read_private
 
 
 class DatabaseInUse(StoreError):

@@ -11,9 +11,10 @@ import logging
 import secrets
 from pathlib import Path
 
-from agent.clock import now_ms
-from agent.files import write_private
-from agent.platform.store import ApiKey, Store
+from agent.platform.access import ApiKey
+from agent.platform.store import Store
+from agent.support.clock import now_ms
+from agent.support.files import write_private
 
 KEY_PREFIX = "envk_"
 DEV_ORGANIZATION = "org-dev"

@@ -1,10 +1,10 @@
 """The relay socket: one live WebSocket per environment row, newest wins.
 
-Rules from PROTOCOL.md §3: a socket must present the row's current connection id (else close
-1008) with a key that may steer the row (`access`; else close 1008 naming the rule); a second
-socket for the same row closes the older with 1000 `Replaced by new connection`; opening counts
-as the first heartbeat; every `ping` gets a `pong`; a `disconnect` frame or a clean close marks
-the row offline at once. Bad frames are logged and ignored.
+Rules from docs/protocol.md, "Rows on the platform": a socket must present the row's current
+connection id (else close 1008) with a key that may steer the row (`access`; else close 1008 naming
+the rule); a second socket for the same row closes the older with 1000 `Replaced by new connection`;
+opening counts as the first heartbeat; every `ping` gets a `pong`; a `disconnect` frame or a clean
+close marks the row offline at once. Bad frames are logged and ignored.
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
-from agent.clock import now_ms
-from agent.models import (
+from agent.platform.access import ApiKey, Forbidden, check_may_steer
+from agent.platform.settings import PlatformSettings
+from agent.platform.store import Store, StoreUnavailable
+from agent.protocol.constants import REPLACED_REASON
+from agent.protocol.models import (
     MAX_NAME_CHARS,
     DaemonFrame,
     DisconnectFrame,
@@ -31,13 +34,10 @@ from agent.models import (
     UpdateDeviceStatusFrame,
     parse_daemon_frame,
 )
-from agent.platform.access import Forbidden, check_may_steer
-from agent.platform.settings import PlatformSettings
-from agent.platform.store import ApiKey, Store, StoreUnavailable
+from agent.support.clock import now_ms
 
 log = logging.getLogger("envagent.platform")
 
-REPLACED_REASON = "Replaced by new connection"
 UNKNOWN_CONNECTION_REASON = "unknown or superseded connectionId: register again"
 SHUTDOWN_REASON = "platform shutting down"
 UNAVAILABLE_REASON = "the platform's database cannot take writes now: try again later"

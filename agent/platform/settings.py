@@ -7,10 +7,10 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.paths import platform_state_dir
+from agent.protocol.constants import ONLINE_WINDOW_MS
+from agent.support.paths import platform_state_dir
 
 DEFAULT_PORT = 8283
-ONLINE_WINDOW_MS = 120_000  # the Letta online rule
 
 
 def default_db() -> Path:

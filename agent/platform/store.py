@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.models import (
+from agent.platform.access import ApiKey
+from agent.protocol.models import (
     DeviceStatus,
     EnvironmentList,
     EnvironmentRow,
@@ -27,7 +28,6 @@ from agent.models import (
     Mode,
     RegisterRequest,
 )
-from agent.platform.access import Role
 
 log = logging.getLogger("envagent.platform")
 
@@ -106,16 +106,6 @@ _ROW_FIELDS = (
 )
 """The columns of a listing row, named as the EnvironmentRow fields they fill."""
 _ROW_COLUMNS = ", ".join(_ROW_FIELDS)
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """Who a key speaks for. The key itself is never stored, only its hash."""
-
-    organization_id: str
-    user_id: str
-    owner: str | None
-    role: Role = "member"
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestHandler
 
-from agent.httpapi import ApiError
-from agent.models import ErrorReply
 from agent.platform.access import Forbidden
 from agent.platform.store import StoreUnavailable
+from agent.protocol.httpapi import ApiError
+from agent.protocol.models import ErrorReply
 
 log = logging.getLogger("envagent.http")
 

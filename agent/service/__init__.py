@@ -1,1 +1,2 @@
-"""Running as a service: systemd and launchd files, sd_notify, the single-instance lock."""
+"""Installing, removing and inspecting envagent as a service: systemd units and launchd plists,
+made from the templates in service_files/."""

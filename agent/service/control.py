@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from agent import exitcodes
 from agent.service.detect import check_usable
 from agent.service.install import manager_for
 from agent.service.process import run
 from agent.service.target import Target, daemon_program
+from agent.support import exitcodes
 
 STATUS_TIMEOUT_S = 30.0
 LOGS_TIMEOUT_S = 60.0

@@ -12,9 +12,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from agent import exitcodes
 from agent.service.process import run
 from agent.service.target import Account, Manager, ServiceError, Target
+from agent.support import exitcodes
 
 SYSTEMD_RUNNING = Path("/run/systemd/system")
 PROBE_TIMEOUT_S = 5.0

@@ -12,8 +12,6 @@ import os
 import shlex
 from pathlib import Path
 
-from agent import exitcodes
-from agent.files import write_private
 from agent.service.detect import check_usable, linger_off
 from agent.service.launchd import Launchd
 from agent.service.plan import (
@@ -30,6 +28,8 @@ from agent.service.plan import (
 from agent.service.process import run
 from agent.service.systemd import Systemd
 from agent.service.target import Account, ServiceError, ServiceSpec, Target
+from agent.support import exitcodes
+from agent.support.files import write_private
 
 COMMAND_TIMEOUT_S = 120.0
 """`systemctl enable --now` waits for the start, which systemd itself gives up after 90 s."""

@@ -17,9 +17,9 @@ from typing import Literal
 
 from pydantic import SecretStr
 
-from agent import exitcodes, paths
-from agent.config import LoadedSettings
-from agent.selfupdate import detect_self_update
+from agent.daemon.config import LoadedSettings
+from agent.machine.selfupdate import detect_self_update
+from agent.support import exitcodes, paths
 
 Manager = Literal["systemd", "launchd"]
 MANAGERS: tuple[Manager, ...] = ("systemd", "launchd")
@@ -129,7 +129,7 @@ class ServiceSpec:
     log_dir: Path | None
     """The folder of `--log-file`, which the daemon writes."""
     upgrade_dir: Path | None
-    """The folder holding this install when it may upgrade itself (PROTOCOL.md §4)."""
+    """The folder holding this install when it may upgrade itself (docs/protocol.md, "Metadata")."""
 
     def command(self, *, with_config: bool) -> tuple[str, ...]:
         config = ("--config", str(self.config_file)) if with_config and self.config_file else ()

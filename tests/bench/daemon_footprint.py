@@ -3,11 +3,11 @@
 Every figure is of a real `envagent run` process against a reference platform in another
 process, both on 127.0.0.1.
 
-Heartbeats are sped up through the platform, not the daemon: the daemon's own `--heartbeat-ms`
-has a minimum of 100 ms (10,000 heartbeats would take 17 minutes), but it uses whatever
-`heartbeatIntervalMs` the platform assigns at registration (PROTOCOL.md §1, ext), so a platform
-started with `--heartbeat-ms 1` makes it heartbeat as fast as a ping, a pong and a re-read of
-the working directory allow. The code path is the one of every heartbeat at 30 s.
+Heartbeats are sped up through the platform, not the daemon: the daemon's own `--heartbeat-ms` has a
+minimum of 100 ms (10,000 heartbeats would take 17 minutes), but it uses whatever
+`heartbeatIntervalMs` the platform assigns at registration (docs/protocol.md, "Reply", ext), so a
+platform started with `--heartbeat-ms 1` makes it heartbeat as fast as a ping, a pong and a re-read
+of the working directory allow. The code path is the one of every heartbeat at 30 s.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ async def _startup_and_idle(
             "exec -> online in the platform listing",
             "ms",
             online_ms,
-            budget=Budget(800, "DESIGN.md: start to online <= 0.8 s"),
+            budget=Budget(800, "budget: start to online <= 0.8 s"),
             note="from spawning the envagent script to the first listing that shows the row "
             "online (the platform is polled every 10 ms); the first start is a new device, "
             "the others restart with its state",
@@ -138,7 +138,7 @@ async def _startup_and_idle(
             f"CPU while idle ({plan.idle_window_s:g} s window, 30 s heartbeats)",
             "% of a core",
             idle_cpu,
-            budget=Budget(0.03, "DESIGN.md: idle CPU <= 0.03 % of one core"),
+            budget=Budget(0.03, "budget: idle CPU <= 0.03 % of one core"),
         )
     )
     section.add(
@@ -239,7 +239,7 @@ async def _heartbeats(
             f"RSS after {count} heartbeats",
             "MiB",
             [m.rss_kib / MIB for m in at_end],
-            budget=Budget(36, "DESIGN.md: RSS after an hour of heartbeats <= 36 MiB"),
+            budget=Budget(36, "budget: RSS after an hour of heartbeats <= 36 MiB"),
         )
     )
     section.add(Figure(f"PSS after {count} heartbeats", "MiB", [m.pss_kib / MIB for m in at_end]))

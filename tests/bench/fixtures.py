@@ -15,9 +15,9 @@ from pathlib import Path
 
 import aiohttp
 
-from agent.local_api import LocalApiAddress
-from agent.models import DaemonStatus, EnvironmentList
+from agent.localapi.routes import LocalApiAddress
 from agent.platform.settings import PlatformSettings
+from agent.protocol.models import DaemonStatus, EnvironmentList
 from tests.bench.procs import BenchError, Child, Workspace, wait_for_output
 from tests.install_helpers import ENVIRON, copy_project
 
@@ -186,7 +186,7 @@ async def warm_up(workspace: Workspace) -> None:
         [
             sys.executable,
             "-c",
-            "import agent.cli_daemon, agent.cli_platform, git, "
+            "import agent.cli.daemon, agent.cli.platform, git, "
             "tests.bench.gc_probe, tests.bench.loadgen, tests.bench.metadata_probe",
         ],
         workspace.env(),

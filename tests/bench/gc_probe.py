@@ -7,7 +7,7 @@ platform, and stops the event loop meanwhile: at thousands of sockets that is th
 a pong p99 shows. The platform's `server.Collector` therefore collects every 2 s only what is
 not frozen (logged as generation 2, a few ms) and walks everything only once a quarter of the
 sockets have closed or the heap has grown by a quarter. The code run is the console script's
-own `agent.cli.main`; the probe adds two clock reads per collection and writes one line
+own `agent.cli.main.main`; the probe adds two clock reads per collection and writes one line
 (`monotonic generation seconds`) for each collection that took at least a millisecond.
 """
 
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.cli import main as envagent
+from agent.cli.main import main as envagent
 
 LOGGED_FROM_S = 0.001
 

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import aiohttp
 
-from agent.clock import now_ms
-from agent.models import EnvironmentList, RegisterRequest
+from agent.platform.access import ApiKey
 from agent.platform.keys import DEV_ORGANIZATION, DEV_OWNER, DEV_USER
-from agent.platform.store import ApiKey, Store
+from agent.platform.store import Store
+from agent.protocol.models import EnvironmentList, RegisterRequest
+from agent.support.clock import now_ms
 from tests.bench.fixtures import HTTP_TIMEOUT, PlatformProcess, start_platform
 from tests.bench.loadgen import sim_metadata
 from tests.bench.loadgen_client import LoadGen
@@ -33,7 +34,7 @@ from tests.bench.stats import percentile
 
 PAGE = "100"
 BUDGET_ROWS = 100_000
-LISTING_BUDGET = Budget(25, "DESIGN.md: GET /v1/environments?limit=100 p99 <= 25 ms, 100,000 rows")
+LISTING_BUDGET = Budget(25, "budget: GET /v1/environments?limit=100 p99 <= 25 ms, 100,000 rows")
 VARIANTS = {"all rows": {"limit": PAGE}, "onlineOnly": {"limit": PAGE, "onlineOnly": "true"}}
 
 

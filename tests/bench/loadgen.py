@@ -1,8 +1,8 @@
 """The load generator: thousands of simulated daemons in one asyncio process.
 
 Each simulated daemon speaks the real protocol with the daemon's own pieces: it registers
-through `agent.session.register.register` (httpx, tenacity retries), opens the socket with
-`websockets` and the options `agent.session.connection` uses (no library pings, no
+through `agent.daemon.session.register.register` (httpx, tenacity retries), opens the socket with
+`websockets` and the options `agent.daemon.session.connection` uses (no library pings, no
 compression), sends `update_device_status`, then a `ping` every period with ±10 % jitter, counts
 unanswered pings with `Watchdog`, and after losing the socket waits as `ReconnectPolicy` says
 before trying again. Only the parts that touch the machine (git, node) are left out: the platform
@@ -35,9 +35,18 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from agent import __version__
-from agent.clock import now_ms
-from agent.commands import Commands
-from agent.models import (
+from agent.daemon.commands import Commands
+from agent.daemon.session.connection import HARD_MAX_FRAME_BYTES, OPEN_TIMEOUT_S, socket_url
+from agent.daemon.session.policy import (
+    CloseAction,
+    ReconnectPolicy,
+    Tick,
+    Watchdog,
+    close_action,
+    heartbeat_delay,
+)
+from agent.daemon.session.register import TransientRegistrationError, register
+from agent.protocol.models import (
     DeviceStatus,
     FrameError,
     GitContext,
@@ -50,16 +59,7 @@ from agent.models import (
     UpdateDeviceStatusFrame,
     parse_platform_frame,
 )
-from agent.session.connection import HARD_MAX_FRAME_BYTES, OPEN_TIMEOUT_S, socket_url
-from agent.session.policy import (
-    CloseAction,
-    ReconnectPolicy,
-    Tick,
-    Watchdog,
-    close_action,
-    heartbeat_delay,
-)
-from agent.session.register import TransientRegistrationError, register
+from agent.support.clock import now_ms
 from tests.bench.procs import raise_open_files_limit
 from tests.bench.stats import percentile
 
@@ -126,7 +126,7 @@ class SimDaemon:
         self.ever_connected = False
 
     async def run(self) -> None:
-        """The daemon's connect loop (agent.daemon.Daemon._connect_loop), minus the machine."""
+        """The daemon's connect loop (agent.daemon.core.Daemon._connect_loop), minus the machine."""
         async with self.fleet.gate:  # only the first registration and open are paced
             reply = await self._register()
             opened = await self._open(reply)

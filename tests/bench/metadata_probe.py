@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.commands import Commands
-from agent.metadata import MetadataCollector
+from agent.daemon.commands import Commands
+from agent.machine.metadata import MetadataCollector
 
 
 def _ms(since: float) -> float:
@@ -56,9 +56,9 @@ def _collect_now(workdir: Path, warm: int) -> dict[str, Any]:
 
 def _parts(workdir: Path, warm: int) -> dict[str, Any]:
     """Each piece of a cold read, in the order a cold collect pays for them."""
-    from agent.gitinfo import git_branch
-    from agent.node import find_node
-    from agent.selfupdate import detect_self_update
+    from agent.machine.git import git_branch
+    from agent.machine.node import find_node
+    from agent.machine.selfupdate import detect_self_update
 
     def timed(work: Callable[[], object]) -> float:
         started = time.perf_counter()

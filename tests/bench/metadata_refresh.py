@@ -14,8 +14,8 @@ from tests.bench.procs import Workspace
 from tests.bench.report import Budget, Figure, Section
 from tests.bench.stats import median, percentile
 
-COLD_BUDGET = Budget(150, "DESIGN.md: metadata refresh cold <= 150 ms")
-WARM_BUDGET = Budget(20, "DESIGN.md: metadata refresh warm <= 20 ms")
+COLD_BUDGET = Budget(150, "budget: metadata refresh cold <= 150 ms")
+WARM_BUDGET = Budget(20, "budget: metadata refresh warm <= 20 ms")
 
 
 async def _probe(workspace: Workspace, mode: str, workdir: Path, warm: int) -> dict[str, Any]:
@@ -30,7 +30,7 @@ async def _probe(workspace: Workspace, mode: str, workdir: Path, warm: int) -> d
 
 
 async def run(workspace: Workspace, plan: Plan) -> Section:
-    section = Section("metadata", "Metadata refresh (agent.metadata.MetadataCollector)")
+    section = Section("metadata", "Metadata refresh (agent.machine.metadata.MetadataCollector)")
     repo = make_repo(workspace.path("repo-metadata") / "work")
     warm = plan.warm_collects
     for mode in ("collect", "collect_now"):

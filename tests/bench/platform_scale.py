@@ -25,7 +25,7 @@ MIB = 1024.0
 SETTLE_S = 2.0
 """After a fleet has grown: the last registrations and status reports are done."""
 BUDGET_SIZE = 10_000
-PONG_BUDGET = Budget(50, "DESIGN.md: 10,000 daemons at 30 s heartbeats, pong p99 <= 50 ms")
+PONG_BUDGET = Budget(50, "budget: 10,000 daemons at 30 s heartbeats, pong p99 <= 50 ms")
 
 
 def grow_bound_s(size: int) -> float:

@@ -1,8 +1,8 @@
 """Figures, the table a person reads and the `results.json` a program reads.
 
-A figure keeps every run's value; the table shows the median with the min and max beside it.
-A budget from DESIGN.md is shown next to the figure it bounds, as information: nothing here
-fails because a number is high.
+A figure keeps every run's value; the table shows the median with the min and max beside it. A
+budget of the project (docs/performance.md) is shown next to the figure it bounds, as information:
+nothing here fails because a number is high.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tests.bench.stats import median
 
 @dataclass(frozen=True)
 class Budget:
-    """An upper bound from DESIGN.md, in the figure's unit."""
+    """An upper bound the project set, in the figure's unit."""
 
     limit: float
     source: str

@@ -117,7 +117,7 @@ async def _run(chosen: dict[str, Benchmark], quick: bool, output: Path) -> int:
     write_results(output, header, sections)
     print(
         f"\n{render(sections)}\n\nmedian, min and max over repeated runs (runs: how many, "
-        f"x samples in each); budgets from DESIGN.md, for information\n"
+        f"x samples in each); budgets for information\n"
         f"written to {output} ({header['seconds']:g} s)"
     )
     return 1 if failed else 0

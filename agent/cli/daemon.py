@@ -1,0 +1,278 @@
+"""`envagent run` and the commands that look at a running daemon or the platform's listing."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import time
+from collections.abc import Callable
+
+from agent import __version__
+from agent.cli.common import SETTING_FLAGS, fail
+from agent.daemon.commands import Commands
+from agent.daemon.config import LoadedSettings, Settings, load_settings, render_settings
+from agent.daemon.core import Daemon
+from agent.daemon.embedded import embedded_key_file
+from agent.daemon.lock import AlreadyRunning, read_holder
+from agent.daemon.restart import restart_in_place, service_exit_code, under_service_manager
+from agent.localapi.client import LocalClient
+from agent.localapi.routes import PortUnavailable
+from agent.machine.metadata import MetadataCollector
+from agent.platform.client import PlatformClient, differences, find_own_row
+from agent.protocol.constants import ONLINE_WINDOW_MS
+from agent.protocol.httpapi import ClientError
+from agent.protocol.models import DaemonStatus, EnvironmentRow, parse_mode
+from agent.support import exitcodes
+from agent.support.clock import now_ms
+from agent.support.files import UnusableFile, private_dir
+from agent.support.logs import register_secret, setup_logging
+from agent.support.paths import state_dir
+
+ATTACH_WAIT_S = 5.0
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _one_line_for_unusable_files(command: Command) -> Command:
+    """A file or folder envagent cannot trust or use ends `command` with the one line naming it
+    and FILES, not a traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except UnusableFile as exc:
+            return fail(str(exc), exitcodes.FILES)
+
+    return run
+
+
+def _local_client(settings: Settings) -> LocalClient:
+    """The running daemon's local API, found through files in a state folder that must be this
+    user's alone: another user could plant the address or token there."""
+    private_dir(state_dir(), create=False)
+    return LocalClient(settings.listener_instance_id)
+
+
+def _load(args: argparse.Namespace) -> LoadedSettings:
+    flags = {flag: getattr(args, flag) for flag in SETTING_FLAGS if hasattr(args, flag)}
+    if getattr(args, "debug", None):
+        flags["debug"] = True
+    return load_settings(flags, config_path=args.config)
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+def run_command(args: argparse.Namespace) -> int:
+    settings = _load(args).settings
+    try:
+        setup_logging(debug=settings.debug, human=args.foreground, log_file=settings.log_file)
+        if settings.api_key is not None:
+            register_secret(settings.api_key.get_secret_value())
+        daemon = Daemon(settings, parent_pid=args.parent_pid, on_ready=_banner)
+        code = asyncio.run(daemon.run())
+    except AlreadyRunning as held:
+        if args.attach:
+            return _attach(held)
+        return service_exit_code(fail(f"{held}; use --attach to use it", exitcodes.ALREADY_RUNNING))
+    except UnusableFile as exc:  # launchd would only restart into the same refusal
+        return service_exit_code(fail(str(exc), exitcodes.FILES))
+    except PortUnavailable as exc:
+        return fail(str(exc))
+    if code == exitcodes.RESTART and not under_service_manager():
+        restart_in_place()
+    return service_exit_code(code)
+
+
+def _attach(held: AlreadyRunning) -> int:
+    """Print the running daemon's local API; it may still be starting, so wait a little."""
+    deadline = time.monotonic() + ATTACH_WAIT_S
+    holder = held.holder
+    while (holder is None or holder.local_api is None) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        holder = read_holder(held.path)
+    if holder is None or holder.local_api is None:
+        return fail(f"{held}, but it has no local API yet", exitcodes.ALREADY_RUNNING)
+    print(holder.local_api)
+    return exitcodes.OK
+
+
+def _banner(daemon: Daemon) -> None:
+    """The lines a person needs to check what the platform sees, printed once at start."""
+    status = daemon.status()
+    platform = daemon.platform
+    key_file = embedded_key_file(daemon.settings.listener_instance_id)
+    auth = f"$(cat {key_file})" if platform.embedded else "$LETTA_API_KEY"
+    where = " (embedded reference platform)" if platform.embedded else ""
+    print(
+        f"envagent {__version__}: {status.connection_name} (device {status.device_id}), "
+        f"mode {status.mode}, serving {status.working_directory}\n"
+        f"  platform listing: {platform.url}/v1/environments{where}\n"
+        f"  local listing:    {status.local_api}/v1/environments\n"
+        f'  try: curl -H "Authorization: Bearer {auth}" {platform.url}/v1/environments',
+        flush=True,
+    )
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+@_one_line_for_unusable_files
+def status_command(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    client = _local_client(loaded.settings)
+    status = client.status()
+    if args.verify:
+        return _verify(client, _platform_client(loaded.settings, status))
+    if args.json:
+        print(json.dumps(status.to_wire(), indent=2))
+    else:
+        print(_describe_status(status))
+    return exitcodes.OK
+
+
+def _describe_status(status: DaemonStatus) -> str:
+    beats = status.heartbeats
+    node = status.node
+    rows = [
+        ("state", status.state),
+        ("platform", status.platform_url + (" (embedded)" if status.embedded_platform else "")),
+        ("name", status.connection_name),
+        ("device", status.device_id),
+        ("connection", status.connection_id or "-"),
+        ("mode", status.mode),
+        ("workdir", status.working_directory),
+        (
+            "heartbeats",
+            f"{beats.sent} sent, {beats.answered} answered, {beats.unanswered_now} unanswered "
+            f"now (every {status.heartbeat_period_s:g} s)",
+        ),
+        ("last error", status.last_error or "-"),
+        ("node", f"{node.version} ({node.found_via}: {node.path})" if node and node.path else "-"),
+        ("pid", f"{status.pid}, up {status.uptime_s:.0f} s"),
+        ("local API", status.local_api),
+        ("log", status.log_path or "stderr"),
+    ]
+    return "\n".join(f"{label:<11} {value}" for label, value in rows)
+
+
+def _platform_client(settings: Settings, status: DaemonStatus | None) -> PlatformClient:
+    """The platform the daemon uses, with the key it uses."""
+    if settings.base_url is not None:
+        if settings.api_key is None:
+            raise ClientError(f"no API key for {settings.base_url}: set LETTA_API_KEY")
+        return PlatformClient(settings.base_url, settings.api_key.get_secret_value())
+    if status is None or not status.embedded_platform:
+        raise ClientError("no platform configured (set LETTA_BASE_URL) and no daemon running")
+    key_file = embedded_key_file(settings.listener_instance_id)
+    try:
+        key = key_file.read_text().strip()
+    except OSError as exc:
+        raise ClientError(f"cannot read the development key {key_file}: {exc.strerror}") from None
+    return PlatformClient(status.platform_url, key)
+
+
+def _verify(client: LocalClient, platform: PlatformClient) -> int:
+    local_rows = client.listing(online_only=False).connections
+    if not local_rows:
+        return fail("the daemon lists no row of its own")
+    local = local_rows[0]
+    remote = find_own_row(platform.pages(online_only=False), local)
+    if remote is None:
+        return fail(f"the platform {platform.url} has no row for device {local.device_id}")
+    found = differences(local, remote)
+    for line in found:
+        print(line)
+    if found:
+        return fail(f"{len(found)} field(s) differ between the daemon and the platform")
+    print(f"the platform's row {remote.id} matches what the daemon holds")
+    return exitcodes.OK
+
+
+# --- list --------------------------------------------------------------------------------------
+
+
+@_one_line_for_unusable_files
+def list_command(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    if args.local:
+        rows = _local_client(loaded.settings).listing(args.online_only)
+        found = rows.connections
+    else:
+        status = None
+        if loaded.settings.base_url is None:
+            status = _local_client(loaded.settings).status()
+        platform = _platform_client(loaded.settings, status)
+        found = list(platform.pages(args.online_only))
+    if args.json:
+        print(json.dumps([row.to_wire() for row in found], indent=2))
+    else:
+        print(render_table(found, now_ms()))
+    return exitcodes.OK
+
+
+def render_table(rows: list[EnvironmentRow], now: int) -> str:
+    header = ("NAME", "ONLINE", "MODE", "OS", "BRANCH", "WORKDIR", "HEARTBEAT", "DEVICE")
+    lines = [header]
+    for row in rows:
+        meta = row.metadata
+        age = f"{(now - row.last_heartbeat) / 1000:.0f} s ago" if row.last_heartbeat else "never"
+        lines.append(
+            (
+                row.connection_name,
+                "yes" if row.is_online(now, ONLINE_WINDOW_MS) else "no",
+                row.current_mode or "-",
+                (meta.os if meta else None) or "-",
+                (meta.git_branch if meta else None) or "-",
+                (meta.working_directory if meta else None) or "-",
+                age,
+                row.device_id,
+            )
+        )
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
+    table = [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    ]
+    if not rows:
+        table.append("(no environments)")
+    return "\n".join(table)
+
+
+# --- mode, metadata, config --------------------------------------------------------------------
+
+
+@_one_line_for_unusable_files
+def mode_command(args: argparse.Namespace) -> int:
+    client = _local_client(_load(args).settings)
+    if args.mode_command == "set":
+        try:
+            mode = parse_mode(args.value)
+        except ValueError as exc:
+            return fail(str(exc), exitcodes.CONFIG)
+        print(client.set_mode(mode))
+    else:
+        print(client.get_mode())
+    return exitcodes.OK
+
+
+def metadata_command(args: argparse.Namespace) -> int:
+    settings = _load(args).settings
+    collector = MetadataCollector(
+        settings.workdir, settings.client_version or __version__, Commands.NAMES
+    )
+    print(json.dumps(collector.collect_now().to_wire(), indent=2))
+    return exitcodes.OK
+
+
+def config_command(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    print(
+        f"# config file: {loaded.config_file}" + ("" if loaded.config_file.exists() else " (none)")
+    )
+    print(render_settings(loaded))
+    return exitcodes.OK

@@ -1,0 +1,2 @@
+"""What every part leans on and that knows nothing of the protocol: private files, paths,
+bounded subprocesses, the clock, logs, exit codes."""
