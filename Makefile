@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: Python 3.11 or newer is needed (none found on PATH)" >&2; exit 1; }
@@ -28,6 +28,11 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+# The same, less the tests marked slow (real installs and upgrades, fault injection, anything
+# over about 5 s): for the edit-and-check loop. CI runs `make test`, which runs everything.
+test-fast: lint
+	$(BIN)/pytest -m "not slow"
 
 # Benchmarks, not tests: run them on a quiet machine (the full run takes about 15 minutes).
 bench: $(STAMP)

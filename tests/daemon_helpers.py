@@ -131,6 +131,16 @@ async def start_daemon(
     return daemon
 
 
+async def cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """Run `envagent ARGS`; give it a daemon's `env` to reach that daemon and its platform."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", *args, stdout=-1, stderr=-1, stdin=-3, env=env
+    )
+    out, err = await asyncio.wait_for(process.communicate(), WAIT_S)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
 async def kill_all(daemons: list[DaemonProcess]) -> None:
     for daemon in daemons:
         if daemon.process.returncode is None:

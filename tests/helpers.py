@@ -1,16 +1,19 @@
-"""Test helpers: a platform running in the test's event loop, and a plain `websockets` client
-acting as a daemon. Every wait is bounded."""
+"""Test helpers: a platform running in the test's event loop, a plain `websockets` client
+acting as a daemon, and git repositories made with the git binary. Every wait is bounded."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
+import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -125,3 +128,31 @@ class FakeDaemon:
 
     async def wait_closed(self) -> None:
         await asyncio.wait_for(self.ws.wait_closed(), WAIT_S)
+
+
+@pytest.fixture(autouse=True)
+def git_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits need an author; no user or system git config may change what a test builds.
+
+    Autouse in the modules that import it (the git and metadata tests), and only there."""
+    for variable in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
+        monkeypatch.setenv(variable, "Test")
+    for variable in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
+        monkeypatch.setenv(variable, "test@example.invalid")
+    global_config = tmp_path / "gitconfig"
+    global_config.touch()
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(global_config))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_repo(path: Path, branch: str = "main", commit: bool = True) -> Path:
+    """A repository at `path` on `branch`, with one empty commit unless `commit` is false."""
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "--quiet", "--initial-branch", branch)
+    if commit:
+        git(path, "commit", "--quiet", "--allow-empty", "--message", "first")
+    return path

@@ -14,9 +14,9 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
@@ -26,12 +26,12 @@ from agent.daemon.config import Platform, Settings
 from agent.daemon.lock import EMBEDDED, InstanceLock, LockHolder
 from agent.daemon.notify import Notifier
 from agent.daemon.parent import ParentWatch
+from agent.daemon.progress import Progress
 from agent.daemon.session.connection import Session, socket_url
 from agent.daemon.session.policy import (
     CloseAction,
     Random,
     ReconnectPolicy,
-    Watchdog,
     heartbeat_period,
 )
 from agent.daemon.session.register import (
@@ -49,7 +49,6 @@ from agent.protocol.models import (
     EnvironmentRow,
     ExecuteCommandFrame,
     ExecuteCommandResponseFrame,
-    GitContext,
     Health,
     HeartbeatCounts,
     Metadata,
@@ -67,6 +66,8 @@ from agent.support.paths import instance_file, state_dir
 
 log = logging.getLogger("envagent")
 
+T = TypeVar("T")
+
 
 class Finished(Exception):
     """Ends the run with an exit code, from wherever the reason was found."""
@@ -74,22 +75,6 @@ class Finished(Exception):
     def __init__(self, code: int) -> None:
         super().__init__(code)
         self.code = code
-
-
-@dataclass
-class Progress:
-    """What `/v1/status` and `/healthz` report; updated as the session goes."""
-
-    state: str = "starting"
-    last_error: str | None = None
-    registrations: int = 0
-    connects: int = 0
-    connection_id: str | None = None
-    connected_at: int | None = None
-    last_pong_at: int | None = None
-    watchdog: Watchdog = field(default_factory=Watchdog)
-    heartbeat_s: float = 30.0
-    reply: RegisterReply | None = None
 
 
 class Daemon:
@@ -156,15 +141,8 @@ class Daemon:
     async def device_status(self, connection_id: str) -> DeviceStatus:
         metadata = self._metadata
         self._reported = metadata
-        return DeviceStatus(
-            current_connection_id=connection_id,
-            connection_name=self._name,
-            is_online=True,
-            current_permission_mode=self.mode,
-            current_working_directory=metadata.working_directory,
-            git_context=GitContext(branch=metadata.git_branch),
-            letta_code_version=metadata.letta_code_version,
-            supported_commands=list(metadata.supported_commands or []),
+        return DeviceStatus.report(
+            metadata, connection_id=connection_id, connection_name=self._name, mode=self.mode
         )
 
     async def change_device_state(self, frame: ChangeDeviceStateFrame) -> None:
@@ -200,35 +178,16 @@ class Daemon:
     # --- what the local API shows -----------------------------------------------------------
 
     def listing_row(self) -> EnvironmentRow:
-        """This daemon's row in exactly the listing shape; see the README for each field."""
-        progress, state = self._progress, self.state
-        known = progress.reply.environment if progress.reply else None
-        online = progress.state == "online"
-        return EnvironmentRow(
-            id=known.id if known else state.device_id,
-            connected_at=progress.connected_at if online else None,
-            connection_id=progress.connection_id if online else None,
-            connection_name=self._name,
-            device_id=state.device_id,
-            first_seen_at=known.first_seen_at if known else state.first_seen_at,
-            last_heartbeat=progress.last_pong_at,
-            last_seen_at=progress.last_pong_at or self._started_at,
-            organization_id=known.organization_id if known else "",
-            pod_id=None,
-            api_key_owner=known.api_key_owner if known else None,
-            current_mode=self.mode,
+        return self._progress.own_row(
+            self.state,
+            name=self._name,
+            mode=self.mode,
             metadata=self._metadata,
-            user_id=known.user_id if known else None,
+            started_at=self._started_at,
         )
 
     def health(self) -> Health:
-        progress = self._progress
-        if progress.state != "online":
-            reason = f"not connected ({progress.state})"
-            return Health(ok=False, reason=f"{reason}: {progress.last_error or 'no error yet'}")
-        if progress.watchdog.unanswered >= 2:
-            return Health(ok=False, reason=f"{progress.watchdog.unanswered} pings unanswered")
-        return Health(ok=True, reason="heartbeats are answered")
+        return self._progress.health()
 
     def status(self) -> DaemonStatus:
         progress, watchdog = self._progress, self._progress.watchdog
@@ -426,7 +385,6 @@ class Daemon:
 
     async def _register(self, client: httpx.AsyncClient) -> RegisterReply:
         """Register, retrying transient failures; raises Finished when refused or stopped."""
-        progress = self._progress
         self._set_state("registering")
         await self.refresh()
         request = RegisterRequest(
@@ -437,40 +395,33 @@ class Daemon:
             current_mode=self.mode,
             source=self.source,
         )
-
-        def retrying(failure: TransientRegistrationError, delay: float) -> None:
-            progress.last_error = str(failure)
-            self._notifier.status(f"registering: {failure}")
-            log.warning("registration failed: %s; retrying in %.1f s", failure, delay)
-
-        attempt = asyncio.ensure_future(
-            register(
-                client,
-                self.platform.url,
-                self.platform.api_key,
-                request,
-                rand=self._rand,
-                sleep=asyncio.sleep,
-                on_retry=retrying,
-            )
+        attempts = register(
+            client,
+            self.platform.url,
+            self.platform.api_key,
+            request,
+            rand=self._rand,
+            sleep=asyncio.sleep,
+            on_retry=self._registration_failed,
         )
-        stop = asyncio.ensure_future(self.stopping.wait())
         try:
-            await asyncio.wait({attempt, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if not attempt.done():
-            attempt.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await attempt
-            raise Finished(exitcodes.OK)
-        try:
-            reply = attempt.result()
+            reply = await self._unless_stopped(attempts)
         except RegistrationRefused as exc:
             self._set_state("refused", str(exc))
-            progress.last_error = str(exc)
+            self._progress.last_error = str(exc)
             log.error("%s", exc)
             raise Finished(exitcodes.CREDENTIALS) from None
+        await self._registered(reply)
+        return reply
+
+    def _registration_failed(self, failure: TransientRegistrationError, delay: float) -> None:
+        self._progress.last_error = str(failure)
+        self._notifier.status(f"registering: {failure}")
+        log.warning("registration failed: %s; retrying in %.1f s", failure, delay)
+
+    async def _registered(self, reply: RegisterReply) -> None:
+        """Take the platform's answer: its heartbeat period, and the connection to persist."""
+        progress = self._progress
         progress.registrations += 1
         progress.reply = reply
         progress.heartbeat_s = heartbeat_period(
@@ -485,7 +436,22 @@ class Daemon:
         )
         self._state = await asyncio.to_thread(self._store.update, last_connection=last)
         log.info("registered as %s (connection %s)", self._name, reply.connection_id)
-        return reply
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, T]) -> T:
+        """The result of `work`, or Finished(OK) as soon as a stop is asked for: `work` is
+        then cancelled, wherever it is (a request in flight, a backoff sleep)."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise Finished(exitcodes.OK)
+        return task.result()
 
     async def _wait(self, delay_s: float) -> bool:
         """Sleep `delay_s`, or less if a stop comes; True when stopping."""

@@ -326,15 +326,7 @@ class Store:
         if not found:
             return
         metadata: dict[str, Any] = json.loads(found[0])
-        given = status.model_fields_set
-        if "current_working_directory" in given:
-            metadata["workingDirectory"] = status.current_working_directory
-        if "git_context" in given:
-            metadata["gitBranch"] = status.git_context.branch if status.git_context else None
-        if "letta_code_version" in given:
-            metadata["lettaCodeVersion"] = status.letta_code_version
-        if "supported_commands" in given:
-            metadata["supported_commands"] = status.supported_commands
+        metadata.update(status.metadata_changes())
         self._write(
             "UPDATE environments SET metadata = ?, last_seen_at = ?, "
             "current_mode = COALESCE(?, current_mode), "

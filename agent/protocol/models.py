@@ -264,6 +264,43 @@ class DeviceStatus(WireModel):
     letta_code_version: str | None = None
     supported_commands: list[str] | None = None
 
+    @classmethod
+    def report(
+        cls, metadata: Metadata, *, connection_id: str, connection_name: str, mode: Mode
+    ) -> DeviceStatus:
+        """What a daemon says of itself: its metadata under the names the frame gives them."""
+        return cls.model_validate(
+            {
+                "current_connection_id": connection_id,
+                "connection_name": connection_name,
+                "is_online": True,
+                "current_permission_mode": mode,
+                "git_context": GitContext(branch=metadata.git_branch),
+                **{status: getattr(metadata, field) for status, field in _METADATA_FIELDS.items()},
+            }
+        )
+
+    def metadata_changes(self) -> dict[str, Any]:
+        """The metadata keys (as the listing spells them) this report changes: only those it
+        carried, so that a report from another client leaves the rest as it was."""
+        given = self.model_fields_set
+        fields = {
+            field: getattr(self, status)
+            for status, field in _METADATA_FIELDS.items()
+            if status in given
+        }
+        if "git_context" in given:
+            fields["git_branch"] = self.git_context.branch if self.git_context else None
+        return Metadata.model_validate(fields).to_wire()
+
+
+_METADATA_FIELDS = {
+    "current_working_directory": "working_directory",
+    "letta_code_version": "letta_code_version",
+    "supported_commands": "supported_commands",
+}
+"""`DeviceStatus` field -> the `Metadata` field it reports (the git branch is nested)."""
+
 
 class PingFrame(WireModel):
     _omit_if_none = frozenset({"current_mode", "sent_at"})

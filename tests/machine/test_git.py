@@ -11,37 +11,16 @@ from pathlib import Path
 import pytest
 
 from agent.machine.git import git_branch
+from tests.helpers import (
+    git,
+    git_identity,  # noqa: F401  # autouse: commits need an author
+    make_repo,
+)
 
 pytestmark = pytest.mark.skipif(
     subprocess.run(["git", "--version"], capture_output=True).returncode != 0,
     reason="the git binary is needed to build test repositories",
 )
-
-
-@pytest.fixture(autouse=True)
-def git_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Commits need an author; no user or system git config may change what a test builds."""
-    for variable in ("GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
-        monkeypatch.setenv(variable, "Test")
-    for variable in ("GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"):
-        monkeypatch.setenv(variable, "test@example.invalid")
-    global_config = tmp_path / "gitconfig"
-    global_config.touch()
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(global_config))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-
-
-def git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_repo(path: Path, branch: str = "main", commit: bool = True) -> Path:
-    """A repository at `path` on `branch`, with one empty commit unless `commit` is false."""
-    path.mkdir(parents=True, exist_ok=True)
-    git(path, "init", "--quiet", "--initial-branch", branch)
-    if commit:
-        git(path, "commit", "--quiet", "--allow-empty", "--message", "first")
-    return path
 
 
 def test_branch_of_the_repository_and_of_a_subfolder(tmp_path: Path) -> None:

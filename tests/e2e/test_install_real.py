@@ -1,7 +1,8 @@
 """What a real install says about itself: this project's wheel installed with the real pipx (with
 each of its two backends), uv and pip, then `envagent metadata` run from the install
-(docs/protocol.md, "Metadata"). tests/test_selfupdate.py covers every layout with hand-made copies;
-this file shows that the tools really produce the pipx, uv tool and venv layouts detected there.
+(docs/protocol.md, "Metadata"). tests/machine/test_selfupdate.py covers every layout with
+hand-made copies; this file shows that the tools really produce the pipx, uv tool and venv
+layouts detected there.
 
 The installs fetch the dependencies from the package registry, as a person's would. They are
 independent, so they all start when the first test needs one, and each test waits for its own.
@@ -25,7 +26,7 @@ from agent import __version__
 from tests.install_helpers import INSTALL_TIMEOUT_S, copy_project, run
 
 # Fixture set-up (the wheel and the installs) counts toward the first test's timeout.
-pytestmark = pytest.mark.timeout(2 * INSTALL_TIMEOUT_S + 120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2 * INSTALL_TIMEOUT_S + 120)]
 
 
 @pytest.fixture(scope="session")

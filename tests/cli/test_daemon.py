@@ -8,11 +8,11 @@ import os
 import re
 import signal
 import stat
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from agent import __version__
 from agent.platform.access import ApiKey
@@ -20,18 +20,8 @@ from agent.platform.keys import create_key
 from agent.platform.store import Store
 from agent.support import exitcodes
 from tests.conftest import StartPlatform
-from tests.daemon_helpers import Spawn, online
+from tests.daemon_helpers import Spawn, cli, online
 from tests.helpers import WAIT_S, Platform, free_port, wait_for
-
-
-async def cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    """Run `envagent ARGS`; give it a daemon's `env` to reach that daemon and its platform."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", *args, stdout=-1, stderr=-1, stdin=-3, env=env
-    )
-    out, err = await asyncio.wait_for(process.communicate(), WAIT_S)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def test_make_run_default_embedded_platform(spawn: Spawn, tmp_path: Path) -> None:
@@ -64,6 +54,7 @@ async def test_make_run_default_embedded_platform(spawn: Spawn, tmp_path: Path) 
     assert await daemon.stop(signal.SIGINT) == exitcodes.OK
 
 
+@pytest.mark.slow  # over 5 s
 async def test_status_list_mode_metadata_and_config(
     platform: Platform, spawn: Spawn, repo: Path
 ) -> None:

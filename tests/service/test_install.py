@@ -30,7 +30,7 @@ USER = pwd.getpwuid(os.geteuid()).pw_name
 UID = os.geteuid()
 ENVAGENT = Path(sys.executable).parent / "envagent"
 CLI_TIMEOUT_S = 30.0
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # tests/service/ is two below the checkout
 
 
 @dataclass(frozen=True)

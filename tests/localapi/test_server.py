@@ -1,4 +1,4 @@
-"""The daemon's small HTTP server (agent/local_http.py) on a real socket: keep-alive, the body
+"""The daemon's small HTTP server (agent/localapi/server.py) on a real socket: keep-alive, the body
 limit, malformed requests, slow and excess clients, a Unix socket and a clean close; and a real
 daemon's local API under sockets trickling their heads, and its Bearer check."""
 
@@ -365,6 +365,7 @@ async def test_a_client_expecting_100_continue_gets_it_before_sending_the_body(
         writer.close()
 
 
+@pytest.mark.slow  # over 5 s
 async def test_a_daemon_under_48_trickling_sockets_still_answers_real_requests(
     platform: Platform, spawn: Spawn
 ) -> None:

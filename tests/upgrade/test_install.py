@@ -45,7 +45,7 @@ UV_ENV = {"UV_PYTHON_DOWNLOADS": "never"}
 CLI_TIMEOUT_S = 120.0
 
 # The wheels are built when the first test needs them, within its timeout.
-pytestmark = pytest.mark.timeout(INSTALL_TIMEOUT_S)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(INSTALL_TIMEOUT_S)]
 
 
 @dataclass(frozen=True)

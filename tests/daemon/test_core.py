@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from aiohttp import web
 from letta_client import AsyncLetta
 
@@ -167,6 +168,7 @@ async def test_platform_killed_and_restarted(start_platform: StartPlatform, spaw
     assert status["registrations"] == 1  # the issued connection id survived the restart
 
 
+@pytest.mark.slow  # over 5 s
 async def test_1008_makes_the_daemon_register_again(
     start_platform: StartPlatform, spawn: Spawn
 ) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from agent.machine.metadata import MetadataCollector, os_name
 from agent.machine.node import NodeInfo
-from tests.test_gitinfo import (
+from tests.helpers import (
     git,
     git_identity,  # noqa: F401  # autouse: commits need an author
     make_repo,

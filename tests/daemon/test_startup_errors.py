@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from agent.support import exitcodes
-from tests.daemon_helpers import DaemonProcess, Spawn, kill_all, start_daemon
+from tests.daemon_helpers import DaemonProcess, Spawn, cli, kill_all, start_daemon
 from tests.helpers import Platform
-from tests.test_cli import cli
 
 Setup = Callable[[Path], tuple[list[str], Path]]
 """Given the test's folder, prepares the damage; returns the daemon's arguments and the path

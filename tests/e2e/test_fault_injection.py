@@ -20,6 +20,8 @@ from tests.bench.loadgen_client import LoadGen
 from tests.bench.procs import Workspace
 from tests.helpers import free_port
 
+pytestmark = pytest.mark.slow
+
 FLEET = 500
 RESTARTS = 20
 BACK_WITHIN_S = 60.0
