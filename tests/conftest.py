@@ -1,11 +1,13 @@
 """Fixtures: reference platforms on ephemeral 127.0.0.1 ports and daemons, stopped after each
-test; folders made unwritable, made writable again."""
+test; a socket standing for systemd's sd_notify one; folders made unwritable, made writable
+again."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 
 from agent.platform.server import PlatformServer
 from agent.platform.settings import PlatformSettings
-from tests.daemon_helpers import DaemonProcess, Spawn, kill_all, start_daemon
+from tests.daemon_helpers import DaemonProcess, NotifySocket, Spawn, kill_all, start_daemon
 from tests.helpers import Platform
 
 StartPlatform = Callable[..., Awaitable[Platform]]
@@ -92,6 +94,21 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
 
     yield start
     await kill_all(started)
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify_socket(request: pytest.FixtureRequest) -> Iterator[NotifySocket]:
+    """What systemd listens on for sd_notify: a socket on a path, or a name in the abstract
+    namespace (each test using it runs with both)."""
+    # A short folder: socket paths are limited to 108 bytes, pytest's tmp paths can be longer.
+    with tempfile.TemporaryDirectory(prefix="ea-") as folder:
+        if request.param == "path":
+            address = f"{folder}/notify"
+        else:
+            address = f"@envagent-test-{os.getpid()}-{Path(folder).name}"
+        sink = NotifySocket(address)
+        yield sink
+        sink.close()
 
 
 @pytest.fixture

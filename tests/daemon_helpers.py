@@ -1,4 +1,5 @@
-"""Helpers for tests that run real daemons (`python -m agent run`) against real platforms."""
+"""Helpers for tests that run real daemons (`python -m agent run`) against real platforms, and
+the socket systemd listens on for their sd_notify messages."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -206,6 +208,34 @@ class TcpProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+class NotifySocket:
+    """What systemd listens on: an AF_UNIX datagram socket, on a path or abstract."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind("\0" + address[1:] if address.startswith("@") else address)
+        self._socket.setblocking(False)
+        self.messages: list[dict[str, str]] = []
+
+    async def receive(self) -> dict[str, str]:
+        data = await asyncio.wait_for(
+            asyncio.get_running_loop().sock_recv(self._socket, 4096), WAIT_S
+        )
+        message = dict(line.split("=", 1) for line in data.decode().splitlines())
+        self.messages.append(message)
+        return message
+
+    async def until(self, key: str) -> dict[str, str]:
+        while True:
+            message = await self.receive()
+            if key in message:
+                return message
+
+    def close(self) -> None:
+        self._socket.close()
 
 
 Spawn = Callable[..., Awaitable[DaemonProcess]]

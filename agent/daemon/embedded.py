@@ -47,10 +47,14 @@ async def start_embedded(instance_id: str | None) -> tuple[PlatformServer, Platf
     except StoreError as exc:
         raise EmbeddedPlatformError(str(exc)) from None
     key_file = server.settings.dev_key_file
-    key = _read_key(key_file)
-    if not key or server.store.find_key(hash_key(key)) is None:
-        key = create_key(server.store, ApiKey(DEV_ORGANIZATION, DEV_USER, DEV_OWNER))
-        write_private(key_file, (key + "\n").encode())
+    try:
+        key = _read_key(key_file)
+        if not key or server.store.find_key(hash_key(key)) is None:
+            key = create_key(server.store, ApiKey(DEV_ORGANIZATION, DEV_USER, DEV_OWNER))
+            write_private(key_file, (key + "\n").encode())
+    except BaseException:
+        await server.stop()  # or it would hold the database, and its port, until the process ends
+        raise
     return server, Platform(server.url, key, embedded=True)
 
 

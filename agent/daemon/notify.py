@@ -14,24 +14,35 @@ import socket
 log = logging.getLogger("envagent.service")
 
 
+_ONE_LINE = str.maketrans("\r\n", "  ")
+"""systemd splits a notification at both: a value with either would add lines of its own."""
+
+
 class Notifier:
     def __init__(self, address: str | None = None) -> None:
         address = os.environ.get("NOTIFY_SOCKET") if address is None else address
+        self._name = address
         self._address = "\0" + address[1:] if address and address.startswith("@") else address
         self._socket: socket.socket | None = None
         if self._address:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._socket.setblocking(False)
         self._last_status = ""
+        self._failing = False
 
     def send(self, *lines: str) -> None:
         """Send one datagram; a failure is logged, never raised (the daemon goes on)."""
         if self._socket is None or self._address is None:
             return
         try:
-            self._socket.sendto("\n".join(lines).encode(), self._address)
+            message = "\n".join(line.translate(_ONE_LINE) for line in lines)
+            self._socket.sendto(message.encode(), self._address)
         except OSError as exc:
-            log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), exc)
+            if not self._failing:  # once, not at every heartbeat
+                log.warning("cannot notify systemd at %s: %s", self._name, exc)
+            self._failing = True
+        else:
+            self._failing = False
 
     def ready(self, status: str) -> None:
         self._last_status = status

@@ -20,10 +20,11 @@ class ParentWatch:
         self._on_exit = on_exit
         self._fd: int | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._gone: asyncio.Handle | None = None
         try:
             self._fd = os.pidfd_open(pid)
         except ProcessLookupError:
-            self._loop.call_soon(on_exit)
+            self._gone = self._loop.call_soon(on_exit)
         except (AttributeError, OSError):  # not Linux, or an old kernel
             self._poller = asyncio.create_task(self._poll())
         else:
@@ -45,6 +46,8 @@ class ParentWatch:
             self._fd = None
         if self._poller is not None:
             self._poller.cancel()
+        if self._gone is not None:
+            self._gone.cancel()
 
 
 def _alive(pid: int) -> bool:

@@ -1,13 +1,31 @@
-"""What the daemon reports of its session: the progress the session loop records, and the two
-answers built from it alone, health and the daemon's own listing row."""
+"""What the daemon reports: the progress its link to the platform records, and the answers built
+from it, health, the daemon's own listing row and its status."""
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.daemon.session.policy import Watchdog
 from agent.daemon.state import DaemonState
-from agent.protocol.models import EnvironmentRow, Health, Metadata, Mode, RegisterReply
+from agent.protocol.models import (
+    DaemonStatus,
+    EnvironmentRow,
+    Health,
+    HeartbeatCounts,
+    Metadata,
+    Mode,
+    NodeReport,
+    RegisterReply,
+)
+from agent.support.clock import now_ms
+
+if TYPE_CHECKING:
+    from agent.daemon.config import Platform
+    from agent.daemon.environment import Environment
 
 UNHEALTHY_UNANSWERED = 2
 """Pings without a pong from which `/healthz` says the daemon is not healthy (the socket itself
@@ -28,6 +46,13 @@ class Progress:
     watchdog: Watchdog = field(default_factory=Watchdog)
     heartbeat_s: float = 30.0
     reply: RegisterReply | None = None
+    started_at: int = field(default_factory=now_ms)
+    started_monotonic: float = field(default_factory=time.monotonic)
+
+    def enter(self, state: str, detail: str | None = None) -> str:
+        """Move to `state`; returns the line a service manager shows for it."""
+        self.state = state
+        return f"{state}: {detail}" if detail else state
 
     def health(self) -> Health:
         """`ok` only while connected and heartbeats are answered."""
@@ -39,7 +64,7 @@ class Progress:
         return Health(ok=True, reason="heartbeats are answered")
 
     def own_row(
-        self, state: DaemonState, *, name: str, mode: Mode, metadata: Metadata, started_at: int
+        self, state: DaemonState, *, name: str, mode: Mode, metadata: Metadata
     ) -> EnvironmentRow:
         """The daemon's row in exactly the listing shape: what the platform returned at
         registration where the daemon cannot know it (a Letta platform returns none: then `id`
@@ -55,11 +80,46 @@ class Progress:
             device_id=state.device_id,
             first_seen_at=known.first_seen_at if known else state.first_seen_at,
             last_heartbeat=self.last_pong_at,
-            last_seen_at=self.last_pong_at or started_at,
+            last_seen_at=self.last_pong_at or self.started_at,
             organization_id=known.organization_id if known else "",
             pod_id=None,
             api_key_owner=known.api_key_owner if known else None,
             current_mode=mode,
             metadata=metadata,
             user_id=known.user_id if known else None,
+        )
+
+    def status(
+        self, environment: Environment, platform: Platform, *, local_api: str, log_file: Path | None
+    ) -> DaemonStatus:
+        """`envagent status`: everything above, with the environment and the process."""
+        watchdog, reply, node = self.watchdog, self.reply, environment.collector.node
+        online = self.state == "online"
+        return DaemonStatus(
+            state=self.state,
+            platform_url=platform.url,
+            embedded_platform=platform.embedded,
+            device_id=environment.device_id,
+            connection_name=environment.name,
+            connection_id=self.connection_id if online else None,
+            environment_id=reply.environment.id if reply and reply.environment else None,
+            mode=environment.mode,
+            working_directory=str(environment.workdir),
+            last_error=self.last_error,
+            heartbeat_period_s=self.heartbeat_s,
+            heartbeats=HeartbeatCounts(
+                sent=watchdog.sent, answered=watchdog.answered, unanswered_now=watchdog.unanswered
+            ),
+            registrations=self.registrations,
+            connects=self.connects,
+            connected_at=self.connected_at,
+            last_pong_at=self.last_pong_at,
+            pid=os.getpid(),
+            started_at=self.started_at,
+            uptime_s=round(time.monotonic() - self.started_monotonic, 3),
+            local_api=local_api,
+            log_path=str(log_file) if log_file else None,
+            node=NodeReport(version=node.version, path=node.path, found_via=node.found_via)
+            if node
+            else None,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from pydantic import ValidationError
@@ -14,6 +15,8 @@ from agent.support.files import Untrusted, UnusableFile, read_private
 from agent.support.paths import instance_file
 
 TIMEOUT = httpx.Timeout(5.0)
+
+Answer = TypeVar("Answer", DaemonStatus, EnvironmentList, ModeChange)
 
 
 def address_file(instance_id: str | None) -> Path:
@@ -61,21 +64,36 @@ class LocalClient:
         self.url = address.url
         self._instance_id = instance_id
 
-    def _get(self, path: str, **params: str) -> httpx.Response:
+    def _get(self, model: type[Answer], path: str, **params: str) -> Answer:
         try:
-            return self._http.get(path, params=params)
+            response = self._http.get(path, params=params)
         except httpx.HTTPError as exc:
             raise ClientError(f"the daemon at {self.url} does not answer: {exc!r}") from None
+        if response.status_code != 200:
+            why = explain(response.content, response.status_code)
+            raise ClientError(f"the daemon at {self.url} refused GET {path}: {why}")
+        return self._parse(model, response, f"GET {path}")
+
+    def _parse(self, model: type[Answer], response: httpx.Response, what: str) -> Answer:
+        """The answer as `model`; a one-line ClientError when it is not one (the address file
+        may be stale, and another program now answers at that address)."""
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError:
+            raise ClientError(
+                f"the answer of {self.url} to {what} is not an envagent daemon's; "
+                "is another program at that address?"
+            ) from None
 
     def status(self) -> DaemonStatus:
-        return DaemonStatus.model_validate_json(self._get("/v1/status").content)
+        return self._get(DaemonStatus, "/v1/status")
 
     def listing(self, online_only: bool) -> EnvironmentList:
         params = {"onlineOnly": "true"} if online_only else {}
-        return EnvironmentList.model_validate_json(self._get("/v1/environments", **params).content)
+        return self._get(EnvironmentList, "/v1/environments", **params)
 
     def get_mode(self) -> Mode:
-        return ModeChange.model_validate_json(self._get("/v1/mode").content).mode
+        return self._get(ModeChange, "/v1/mode").mode
 
     def set_mode(self, mode: Mode) -> Mode:
         path = token_file(self._instance_id)
@@ -95,4 +113,4 @@ class LocalClient:
             raise ClientError(
                 f"the daemon refused the mode: {explain(response.content, response.status_code)}"
             )
-        return ModeChange.model_validate_json(response.content).mode
+        return self._parse(ModeChange, response, "PUT /v1/mode").mode

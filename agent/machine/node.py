@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent.protocol.models import parse_json
-from agent.support.proc import run_bounded
+from agent.support import proc
 
 FoundVia = Literal["PATH", "nvm", "fnm", "volta", "asdf", "none"]
 
@@ -183,8 +183,8 @@ def _version_key(name: str) -> tuple[int, ...]:
 
 def _node_version(node: Path, timeout_s: float) -> str | None:
     """`node --version`, or None when it hangs, crashes, fails or prints something unexpected."""
-    code, output = run_bounded([str(node), "--version"], timeout_s=timeout_s, stderr=False)
-    if code != 0:
+    ran = proc.run([str(node), "--version"], timeout_s=timeout_s, output="stdout")
+    if not ran.ok:
         return None
-    text = output.strip()
+    text = ran.output.strip()
     return text if _VERSION_OUTPUT.fullmatch(text) else None

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from agent.protocol.constants import ONLINE_WINDOW_MS
 from agent.protocol.httpapi import ClientError, explain
@@ -22,8 +23,10 @@ class PlatformClient:
     api_key: str
 
     def pages(self, online_only: bool) -> Iterator[EnvironmentRow]:
-        """Every row the key can see, walking the pages."""
+        """Every row the key can see, walking the pages. A ClientError for an answer that is no
+        listing, and for a row listed twice: paging that goes round would never end."""
         params: dict[str, str] = {"limit": str(MAX_LIST_LIMIT)}
+        seen: set[str] = set()
         if online_only:
             params["onlineOnly"] = "true"
         with httpx.Client(base_url=self.url, timeout=TIMEOUT) as http:
@@ -39,8 +42,21 @@ class PlatformClient:
                 if response.status_code != 200:
                     why = explain(response.content, response.status_code)
                     raise ClientError(f"the platform {self.url} refused: {why}")
-                page = EnvironmentList.model_validate_json(response.content)
-                yield from page.connections
+                try:
+                    page = EnvironmentList.model_validate_json(response.content)
+                except ValidationError:
+                    raise ClientError(
+                        f"the platform {self.url} answered something that is not a listing: "
+                        "is this a Letta platform?"
+                    ) from None
+                for row in page.connections:
+                    if row.id in seen:
+                        raise ClientError(
+                            f"the platform {self.url} listed row {row.id!r} twice: "
+                            "its paging goes round"
+                        )
+                    seen.add(row.id)
+                    yield row
                 if not page.has_next_page or not page.connections:
                     return
                 params["after"] = page.connections[-1].id

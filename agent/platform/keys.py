@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 
 from agent.platform.access import ApiKey
-from agent.platform.store import Store
+from agent.platform.store import Store, StoreError
 from agent.support.clock import now_ms
 from agent.support.files import write_private
 
@@ -28,9 +28,13 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
 def create_key(store: Store, owner: ApiKey) -> str:
     """Store a new key for `owner` and return it: the only time it exists in clear."""
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = _new_key()
     store.add_key(hash_key(key), owner, now_ms())
     return key
 
@@ -38,11 +42,19 @@ def create_key(store: Store, owner: ApiKey) -> str:
 def ensure_dev_key(store: Store, path: Path) -> bool:
     """With no keys at all, make a development key and write it to `path` (0600).
 
-    Returns whether a key was made. The key goes to the file only, never to the log.
+    Returns whether a key was made. The key goes to the file only, never to the log. It is
+    stored only once written, so that a key no one can read never stops the next start from
+    making one; StoreError when it cannot be written.
     """
     if store.has_keys():
         return False
-    key = create_key(store, ApiKey(DEV_ORGANIZATION, DEV_USER, DEV_OWNER))
-    write_private(path, (key + "\n").encode())
+    key = _new_key()
+    try:
+        write_private(path, (key + "\n").encode())
+    except OSError as exc:
+        raise StoreError(
+            f"cannot write the development key {path}: {exc.strerror or exc}"
+        ) from None
+    store.add_key(hash_key(key), ApiKey(DEV_ORGANIZATION, DEV_USER, DEV_OWNER), now_ms())
     log.info("no API keys were configured: wrote a development key to %s", path)
     return True

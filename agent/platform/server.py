@@ -168,6 +168,10 @@ async def serve_forever(settings: PlatformSettings) -> None:
     server = PlatformServer(settings)
     await server.start()
     collecting = asyncio.create_task(Collector(server.relay).run())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # before saying so: a SIGTERM may come next
+        loop.add_signal_handler(signum, stop.set)
     print(f"envagent platform listening on {server.url}", flush=True)
     if settings.dev_key_file.exists():
         print(
@@ -175,10 +179,6 @@ async def serve_forever(settings: PlatformSettings) -> None:
             f"{server.url}/v1/environments",
             flush=True,
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     try:
         await stop.wait()
     finally:

@@ -7,6 +7,7 @@ committed row across a crash of the process; only a power loss may drop the last
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -150,9 +151,7 @@ class Store:
         """A write failed for a cause that may pass (see `_writing`), and none has worked since."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # SQLite gives the -wal and -shm files the database's mode: set it before opening.
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-            path.chmod(0o600)
+            _create_private(path)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -408,6 +407,25 @@ class Store:
             connections=[_to_row(row) for row in rows[: query.limit]],
             has_next_page=len(rows) > query.limit,
         )
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600, or make it 0600, before SQLite opens it: SQLite gives the
+    -wal and -shm files the database's mode. Done through a descriptor of the file itself, never
+    through a symlink, whose target (another file of this user's, any file for root) would have
+    its mode changed and, if empty, be made a database."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(
+                f"cannot use the platform database {path}: it is a symlink, which is never followed"
+            ) from None
+        raise
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _migration_steps(version: int) -> tuple[str, ...]:

@@ -6,9 +6,8 @@ import os
 
 from agent.service.detect import check_usable
 from agent.service.install import manager_for
-from agent.service.process import run
-from agent.service.target import Target, daemon_program
-from agent.support import exitcodes
+from agent.service.target import Target, daemon_program, exit_code
+from agent.support import exitcodes, proc
 
 STATUS_TIMEOUT_S = 30.0
 LOGS_TIMEOUT_S = 60.0
@@ -18,16 +17,21 @@ def status(target: Target) -> int:
     """The manager's view, then `envagent status` with the service's folders, so that it finds
     the daemon the service runs (a system service's state is in its user's home)."""
     check_usable(target)
-    manager = run(manager_for(target).status(), timeout_s=STATUS_TIMEOUT_S).returncode
+    asked = proc.run(manager_for(target).status(), timeout_s=STATUS_TIMEOUT_S, output="terminal")
+    manager = exit_code(asked, check=False)
     print(flush=True)
     environment = {**os.environ, **target.environment}
-    daemon = run(
-        (*daemon_program(), "status"), timeout_s=STATUS_TIMEOUT_S, env=environment
-    ).returncode
-    return manager or daemon or exitcodes.OK
+    asked = proc.run(
+        (*daemon_program(), "status"),
+        timeout_s=STATUS_TIMEOUT_S,
+        output="terminal",
+        env=environment,
+    )
+    return manager or exit_code(asked, check=False) or exitcodes.OK
 
 
 def logs(target: Target, *, follow: bool, lines: int) -> int:
     check_usable(target)
     command = manager_for(target).logs(follow, lines)
-    return run(command, timeout_s=None if follow else LOGS_TIMEOUT_S).returncode
+    ran = proc.run(command, timeout_s=None if follow else LOGS_TIMEOUT_S, output="terminal")
+    return exit_code(ran, check=False)

@@ -12,9 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from agent.service.process import run
 from agent.service.target import Account, Manager, ServiceError, Target
-from agent.support import exitcodes
+from agent.support import exitcodes, proc
 
 SYSTEMD_RUNNING = Path("/run/systemd/system")
 PROBE_TIMEOUT_S = 5.0
@@ -57,31 +56,25 @@ def _systemd_problem(target: Target) -> str | None:
         )
     if target.system:
         return None
-    probe = run(
-        ["systemctl", "--user", "show-environment"], timeout_s=PROBE_TIMEOUT_S, capture=True
-    )
-    if probe.returncode == 0:
+    probe = proc.run(["systemctl", "--user", "show-environment"], timeout_s=PROBE_TIMEOUT_S)
+    if probe.ok:
         return None
-    why = (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}"])[0]
     user = target.account.name
     return (
-        f"the systemd user instance of {user} cannot be reached ({why}); log in as {user} "
-        f"(not with su), or run `loginctl enable-linger {user}` to start it without a login, "
-        "or use --system"
+        f"the systemd user instance of {user} cannot be reached ({probe.problem}); "
+        f"log in as {user} (not with su), or run `loginctl enable-linger {user}` to start it "
+        "without a login, or use --system"
     )
 
 
 def linger_off(account: Account) -> bool:
     """True when logind says the user's services stop at logout; False when unknown."""
-    try:
-        probe = run(
-            ["loginctl", "show-user", account.name, "--property=Linger", "--value"],
-            timeout_s=PROBE_TIMEOUT_S,
-            capture=True,
-        )
-    except ServiceError:  # no loginctl, or it hangs: no hint, the install itself went fine
-        return False
-    return probe.returncode == 0 and probe.stdout.strip() == "no"
+    probe = proc.run(
+        ["loginctl", "show-user", account.name, "--property=Linger", "--value"],
+        timeout_s=PROBE_TIMEOUT_S,
+        output="stdout",
+    )
+    return probe.ok and probe.output.strip() == "no"  # no loginctl, or a hang: no hint
 
 
 def _pid1() -> str:

@@ -25,10 +25,9 @@ from agent.service.plan import (
     WriteFile,
     describe,
 )
-from agent.service.process import run
 from agent.service.systemd import Systemd
-from agent.service.target import Account, ServiceError, ServiceSpec, Target
-from agent.support import exitcodes
+from agent.service.target import Account, ServiceError, ServiceSpec, Target, exit_code
+from agent.support import exitcodes, proc
 from agent.support.files import write_private
 
 COMMAND_TIMEOUT_S = 120.0
@@ -123,9 +122,8 @@ def _run(argv: tuple[str, ...], may_fail: bool, root: Path | None) -> None:
         print(f"would run: {command}")
         return
     print(f"running: {command}", flush=True)
-    done = run(argv, timeout_s=COMMAND_TIMEOUT_S, capture=may_fail)
-    if done.returncode != 0 and not may_fail:
-        raise ServiceError(f"`{command}` failed (exit {done.returncode})")
+    output: proc.Output = "merged" if may_fail else "terminal"  # an expected failure is hidden
+    exit_code(proc.run(argv, timeout_s=COMMAND_TIMEOUT_S, output=output), check=not may_fail)
 
 
 def _make_dirs(path: Path, mode: int) -> list[Path]:

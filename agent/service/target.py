@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from agent.daemon.config import LoadedSettings
 from agent.machine.selfupdate import detect_self_update
 from agent.support import exitcodes, paths
+from agent.support.proc import Ran
 
 Manager = Literal["systemd", "launchd"]
 MANAGERS: tuple[Manager, ...] = ("systemd", "launchd")
@@ -36,6 +37,15 @@ class ServiceError(Exception):
     def __init__(self, message: str, code: int = exitcodes.ERROR) -> None:
         super().__init__(message)
         self.code = code
+
+
+def exit_code(ran: Ran, *, check: bool) -> int:
+    """The exit code of a service manager's tool that ran to its end, and exited 0 if `check`;
+    otherwise a ServiceError with the one-line problem (a missing tool, a hang, the failure)."""
+    code = None if ran.start_error else ran.code
+    if code is None or (check and code != 0):
+        raise ServiceError(ran.problem)
+    return code
 
 
 @dataclass(frozen=True)

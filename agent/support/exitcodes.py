@@ -26,3 +26,11 @@ coding tool, the daemon re-executes itself instead of exiting."""
 UNAVAILABLE = 69
 """`envagent service`: no usable service manager here, neither systemd (not running, as in a
 container) nor launchd (EX_UNAVAILABLE)."""
+
+
+class Finished(Exception):
+    """Ends the run with one of these codes, from wherever the reason was found."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code

@@ -66,6 +66,8 @@ def register_secret(secret: str) -> None:
     """From now on, `secret` is written as `****` in every log line."""
     if secret:
         _SECRETS.add(secret)
+        # And as a JSON line spells it: quotes, backslashes and control characters escaped.
+        _SECRETS.add(json.dumps(secret, ensure_ascii=False)[1:-1])
 
 
 class Redactor(logging.Formatter):

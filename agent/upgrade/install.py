@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import fcntl
 import importlib.util
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -26,15 +26,14 @@ from pathlib import Path
 
 from agent import __version__
 from agent.machine.selfupdate import DISTRIBUTION, detect_self_update
-from agent.support.proc import run_bounded
+from agent.support import proc
+from agent.support.files import UnusableFile, hold_flock
 
 log = logging.getLogger("envagent.upgrade")
 
 INSTALL_TIMEOUT_S = 300.0
 CHECK_TIMEOUT_S = 30.0
 """`--version` imports little: this only bounds an interpreter that hangs."""
-TAIL_LINES = 3
-"""Lines of a failed command's output quoted in the message; the log has all of it."""
 LOCK_FILE = ".envagent-upgrade.lock"
 
 
@@ -138,26 +137,25 @@ def upgrade(find_links: Path | None = None) -> Result:
 
 def _carry_out(steps: Plan, old: str) -> Result:
     log.info("upgrading %s: %s", steps.prefix, shlex.join(steps.upgrade))
-    code, output = run_bounded(steps.upgrade, timeout_s=INSTALL_TIMEOUT_S, cwd=steps.prefix)
-    if code != 0:
-        log.info("the upgrade failed:\n%s", output)
+    # The messages quote the last lines of the output; the log has all of it.
+    ran = proc.run(steps.upgrade, timeout_s=INSTALL_TIMEOUT_S, cwd=steps.prefix)
+    if not ran.ok:
+        log.info("the upgrade failed:\n%s", ran.output)
         message = (
-            f"the upgrade of {steps.prefix} failed: `{shlex.join(steps.upgrade)}` "
-            f"{_ended(code, INSTALL_TIMEOUT_S)}: {_tail(output)}. This process still runs {old}."
+            f"the upgrade of {steps.prefix} failed: {ran.problem}. This process still runs {old}."
         )
-        if code is None:
+        if ran.code is None:
             message += f" The environment may be half upgraded; to go back: `{steps.rollback(old)}`"
         return Result(Outcome.FAILED, old, None, message)
-    code, output = run_bounded(steps.check, timeout_s=CHECK_TIMEOUT_S, cwd=steps.prefix)
-    words = (output.strip().splitlines() or [""])[-1].split()  # warnings may come first
-    if code != 0 or len(words) != 2 or words[0] != DISTRIBUTION:
-        log.info("the new version does not start:\n%s", output)
+    ran = proc.run(steps.check, timeout_s=CHECK_TIMEOUT_S, cwd=steps.prefix)
+    words = (ran.output.strip().splitlines() or [""])[-1].split()  # warnings may come first
+    if not ran.ok or len(words) != 2 or words[0] != DISTRIBUTION:
+        log.info("the new version does not start:\n%s", ran.output)
         return Result(
             Outcome.FAILED,
             old,
             None,
-            f"{steps.prefix} now holds the new release, but it does not start: "
-            f"`{shlex.join(steps.check)}` {_ended(code, CHECK_TIMEOUT_S)}: {_tail(output)}. "
+            f"{steps.prefix} now holds the new release, but it does not start: {ran.problem}. "
             f"This process keeps running {old} and does not restart; "
             f"to go back: `{steps.rollback(old)}`",
         )
@@ -172,23 +170,13 @@ def _carry_out(steps: Plan, old: str) -> Result:
 def _one_at_a_time(prefix: Path) -> Iterator[None]:
     """Two installers at once can break an environment, and the CLI and the daemon (or two
     platform commands) may both start one: a lock file in the environment lets one through."""
-    path = prefix / LOCK_FILE
     try:
-        handle = path.open("a")
-    except OSError as exc:
-        raise Refused(f"cannot open the upgrade lock {path}: {exc.strerror}") from None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Refused(f"another upgrade of {prefix} is running") from None
+        fd = hold_flock(prefix / LOCK_FILE, "the upgrade lock")
+    except UnusableFile as exc:
+        raise Refused(str(exc)) from None
+    if fd is None:
+        raise Refused(f"another upgrade of {prefix} is running")
+    try:
         yield
-
-
-def _ended(code: int | None, timeout_s: float) -> str:
-    return f"timed out after {timeout_s:g} s" if code is None else f"exited {code}"
-
-
-def _tail(output: str) -> str:
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    return " / ".join(lines[-TAIL_LINES:]) or "no output"
+    finally:
+        os.close(fd)

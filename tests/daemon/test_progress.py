@@ -11,13 +11,13 @@ METADATA = Metadata(os="linux", working_directory="/srv")
 
 
 def _row(progress: Progress) -> EnvironmentRow:
-    return progress.own_row(
-        STATE, name="laptop", mode="acceptEdits", metadata=METADATA, started_at=5_000
-    )
+    return progress.own_row(STATE, name="laptop", mode="acceptEdits", metadata=METADATA)
 
 
 def _online(**fields: object) -> Progress:
-    progress = Progress(state="online", connection_id="conn-1", connected_at=7_000)
+    progress = Progress(
+        state="online", connection_id="conn-1", connected_at=7_000, started_at=5_000
+    )
     for name, value in fields.items():
         setattr(progress, name, value)
     return progress
@@ -78,7 +78,7 @@ def test_own_row_takes_identity_from_the_platform_row_when_there_is_one() -> Non
 
 
 def test_own_row_when_not_online_has_no_connection_and_falls_back_to_start_time() -> None:
-    progress = Progress(state="backoff", connection_id="old", connected_at=7_000)
+    progress = Progress(state="backoff", connection_id="old", connected_at=7_000, started_at=5_000)
     row = _row(progress)
     assert row.connection_id is None and row.connected_at is None
     assert row.last_heartbeat is None

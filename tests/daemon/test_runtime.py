@@ -5,92 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
-import socket
 import stat
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from agent.daemon.notify import Notifier
 from agent.platform.access import ApiKey
 from agent.platform.keys import create_key
 from agent.platform.store import Store
 from agent.support import exitcodes
-from agent.support.logs import JournaldFormatter, JsonFormatter, Redactor, register_secret
 from tests.conftest import StartPlatform
-from tests.daemon_helpers import Spawn, online, start_daemon
+from tests.daemon_helpers import NotifySocket, Spawn, online, start_daemon
 from tests.helpers import WAIT_S, Platform, free_port, wait_for
-
-
-class NotifySocket:
-    """What systemd listens on: an AF_UNIX datagram socket, on a path or abstract."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._socket.bind("\0" + address[1:] if address.startswith("@") else address)
-        self._socket.setblocking(False)
-        self.messages: list[dict[str, str]] = []
-
-    async def receive(self) -> dict[str, str]:
-        data = await asyncio.wait_for(
-            asyncio.get_running_loop().sock_recv(self._socket, 4096), WAIT_S
-        )
-        message = dict(line.split("=", 1) for line in data.decode().splitlines())
-        self.messages.append(message)
-        return message
-
-    async def until(self, key: str) -> dict[str, str]:
-        while True:
-            message = await self.receive()
-            if key in message:
-                return message
-
-    def close(self) -> None:
-        self._socket.close()
-
-
-@pytest.fixture(params=["path", "abstract"])
-def notify_socket(request: pytest.FixtureRequest) -> Iterator[NotifySocket]:
-    # A short folder: socket paths are limited to 108 bytes, pytest's tmp paths can be longer.
-    with tempfile.TemporaryDirectory(prefix="ea-") as folder:
-        if request.param == "path":
-            address = f"{folder}/notify"
-        else:
-            address = f"@envagent-test-{os.getpid()}-{Path(folder).name}"
-        sink = NotifySocket(address)
-        yield sink
-        sink.close()
-
-
-async def test_notifier_speaks_the_sd_notify_protocol(notify_socket: NotifySocket) -> None:
-    notifier = Notifier(notify_socket.address)
-    notifier.ready("started")
-    assert await notify_socket.receive() == {
-        "READY": "1",
-        "STATUS": "started",
-        "MAINPID": str(os.getpid()),
-    }
-    notifier.status("online")
-    notifier.status("online")  # unchanged: not sent again
-    notifier.watchdog()
-    notifier.stopping()
-    assert await notify_socket.receive() == {"STATUS": "online"}
-    assert await notify_socket.receive() == {"WATCHDOG": "1"}
-    assert await notify_socket.receive() == {"STOPPING": "1", "STATUS": "stopping"}
-    notifier.close()
-
-
-def test_notifier_without_systemd_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    notifier = Notifier()
-    notifier.ready("x")  # no socket, no error
 
 
 async def test_daemon_notifies_ready_before_the_platform_answers(
@@ -202,19 +129,6 @@ async def test_debug_session_leaks_the_key_nowhere_but_the_config(
     assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
     records = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert {"time", "level", "logger", "message"} <= set(records[0])
-
-
-def test_log_formats() -> None:
-
-    record = logging.LogRecord(
-        "envagent", logging.WARNING, __file__, 1, "key %s", ("sk-secret-1",), None
-    )
-    register_secret("sk-secret-1")
-    assert Redactor(JsonFormatter()).format(record).count("****") == 1
-    line = json.loads(Redactor(JsonFormatter()).format(record))
-    assert line["level"] == "warning" and line["message"] == "key ****"
-    journal = Redactor(JournaldFormatter()).format(record)
-    assert journal == "<4>envagent: key ****"
 
 
 async def test_journald_prefixes_when_stderr_is_the_journal(

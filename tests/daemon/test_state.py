@@ -48,13 +48,6 @@ def test_state_path_is_in_the_xdg_state_dir(tmp_path: Path) -> None:
     assert state_path("work") == state_dir() / "state-work.json"
 
 
-def test_instance_ids_become_distinct_plain_file_names() -> None:
-    odd = [state_path(instance) for instance in ("a/b", "a_b", "../x", "", "é")]
-    assert all(path.parent == state_dir() for path in odd)
-    assert all("/" not in path.name and path.name.startswith("state-") for path in odd)
-    assert len(set(odd)) == len(odd)
-
-
 def test_first_load_creates_a_state_and_a_reload_keeps_it() -> None:
     path = state_path(None)
     created = StateStore(path).load()

@@ -1,6 +1,6 @@
 """The daemon's small HTTP server (agent/localapi/server.py) on a real socket: keep-alive, the body
 limit, malformed requests, slow and excess clients, a Unix socket and a clean close; and a real
-daemon's local API under sockets trickling their heads, and its Bearer check."""
+daemon's local API under sockets trickling their heads."""
 
 from __future__ import annotations
 
@@ -401,23 +401,3 @@ async def test_a_daemon_under_48_trickling_sockets_still_answers_real_requests(
         for trickler in tricklers:
             trickler.writer.close()
     assert await daemon.stop() == exitcodes.OK
-
-
-@pytest.mark.parametrize(
-    ("scheme", "status"),
-    [("Bearer ", 200), ("bearer\t", 200), ("BEARER  ", 200), ("", 401), ("Basic ", 401)],
-)
-async def test_put_mode_needs_the_bearer_scheme(
-    platform: Platform, spawn: Spawn, scheme: str, status: int
-) -> None:
-    daemon = await spawn(platform.url, platform.key)
-    url = await daemon.local_url()
-    token = (daemon.state_dir / "envagent" / "local-api-token").read_text().strip()
-    async with httpx.AsyncClient(base_url=url, timeout=WAIT_S) as http:
-        reply = await http.put(
-            "/v1/mode", json={"mode": "standard"}, headers={"Authorization": scheme + token}
-        )
-    assert reply.status_code == status, reply.text
-    assert (await daemon.get("/v1/mode")).json()["mode"] == (
-        "standard" if status == 200 else "default"
-    )

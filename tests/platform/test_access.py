@@ -1,22 +1,18 @@
 """Within an organization reading is shared and steering is not (docs/protocol.md, "Who may
-steer"): each route against each kind of key, on a real platform; the key roles and the schema
-migration."""
+steer"): each route against each kind of key, on a real platform. (The key roles as stored, and
+the schema migration, are tested in tests/platform/test_store.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
 from agent.platform.access import ApiKey, may_steer
-from agent.platform.keys import create_key, hash_key
-from agent.platform.store import SCHEMA_VERSION, Store, StoreError
-from tests.conftest import StartPlatform
+from agent.platform.keys import create_key
 from tests.daemon_helpers import Spawn, online
 from tests.helpers import WAIT_S, FakeDaemon, Platform, open_socket
 
@@ -209,84 +205,6 @@ async def test_a_member_cannot_steer_another_user_s_daemon(
     applied = await platform.http.post(url, json=frame, headers=platform.auth(admin))
     assert applied.status_code == 204
     await daemon.wait_status(lambda s: s["mode"] == "unrestricted")
-
-
-async def test_keys_carry_a_role_and_old_keys_are_members(platform: Platform) -> None:
-    store = platform.server.store
-    admin = create_key(store, ApiKey("org-x", "u3", "Ops", "admin"))
-    plain = create_key(store, ApiKey("org-x", "u2", None))
-    assert store.find_key(hash_key(admin)) == ApiKey("org-x", "u3", "Ops", "admin")
-    assert store.find_key(hash_key(plain)) == ApiKey("org-x", "u2", None, "member")
-    listed = [(k.key.user_id, k.key.role, k.fingerprint) for k in store.list_keys()]
-    assert ("u3", "admin", hash_key(admin)[:12]) in listed
-    assert ("u2", "member", hash_key(plain)[:12]) in listed
-
-
-VERSION_1 = """
-CREATE TABLE api_keys (key_hash TEXT PRIMARY KEY, organization_id TEXT NOT NULL,
-    user_id TEXT NOT NULL, owner TEXT, created_at INTEGER NOT NULL);
-CREATE TABLE environments (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
-    organization_id TEXT NOT NULL, device_id TEXT NOT NULL, listener_instance_id TEXT NOT NULL,
-    user_id TEXT, api_key_owner TEXT, connection_name TEXT NOT NULL, source TEXT NOT NULL,
-    current_mode TEXT, metadata TEXT NOT NULL, issued_connection_id TEXT, connection_id TEXT,
-    connected_at INTEGER, last_heartbeat INTEGER, pod_id TEXT, first_seen_at INTEGER NOT NULL,
-    last_seen_at INTEGER NOT NULL, UNIQUE (organization_id, device_id, listener_instance_id));
-CREATE INDEX environments_by_org ON environments (organization_id, seq);
-CREATE INDEX environments_by_issued ON environments (issued_connection_id);
-CREATE INDEX environments_connected ON environments (organization_id, seq)
-    WHERE connection_id IS NOT NULL;
-INSERT INTO environments VALUES (1, 'env-old', 'org-x', 'dev-1', '', 'u1', 'Ann', 'old box',
-    'local', 'acceptEdits', '{"os": "linux"}', 'conn-old', NULL, NULL, NULL, NULL, 1, 2);
-PRAGMA user_version = 1;
-"""
-
-
-async def test_a_version_1_database_is_migrated(
-    start_platform: StartPlatform, tmp_path: Path
-) -> None:
-    db = tmp_path / "platform.db"
-    old = sqlite3.connect(db)
-    old.executescript(VERSION_1)
-    old.execute("INSERT INTO api_keys VALUES (?, 'org-x', 'u1', 'Ann', 1)", (hash_key("envk_old"),))
-    old.commit()
-    old.close()
-
-    platform = await start_platform(db=db)
-    store = platform.server.store
-    assert store.find_key(hash_key("envk_old")) == ApiKey("org-x", "u1", "Ann", "member")
-    row = await platform.row("dev-1", "envk_old")
-    assert (row["id"], row["connectionName"], row["currentMode"]) == (
-        "env-old",
-        "old box",
-        "acceptEdits",
-    )
-    # The old key still steers its row; the member key of another user does not.
-    other = create_key(store, ApiKey("org-x", "u2", None))
-    daemon = FakeDaemon(
-        await open_socket(f"{platform.url.replace('http', 'ws')}/v1/listener/ws"
-                          "?connectionId=conn-old", "dev-1", "envk_old"),
-        {"connectionId": "conn-old"},
-    )  # fmt: skip
-    assert await daemon.ping() == {"type": "pong"}
-    refused = await platform.http.post(
-        f"{platform.url}/v1/environments/register",
-        json={"deviceId": "dev-1", "connectionName": "mine"},
-        headers=platform.auth(other),
-    )
-    assert refused.status_code == 403
-    await daemon.ws.close()
-    await platform.server.stop()
-    with sqlite3.connect(db) as check:
-        assert check.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-    Store(db).close()  # opening a current database again changes nothing
-
-
-async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
-    db = tmp_path / "platform.db"
-    with sqlite3.connect(db) as newer:
-        newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    with pytest.raises(StoreError, match="newer than this envagent"):
-        Store(db)
 
 
 async def test_an_admin_re_registering_keeps_the_owner(platform: Platform) -> None:

@@ -1,6 +1,8 @@
 """Files another user could plant or swap: the state folder must be this user's alone, private
 files are never reached through a symlink, and a local API token envagent did not write is
-replaced, never trusted. Real files throughout, and real daemons where the daemon decides."""
+replaced, never trusted. Real files throughout, and real daemons where the daemon decides.
+(The token file's own rules are tested in tests/localapi/test_routes.py, the lock file's in
+tests/daemon/test_lock.py.)"""
 
 from __future__ import annotations
 
@@ -8,14 +10,11 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from agent.daemon.lock import InstanceLock, LockHolder, lock_path, read_holder
-from agent.localapi.routes import TOKEN_FORMAT, load_or_create_token
 from agent.support import exitcodes
 from agent.support.files import UnusableFile, private_dir
 from agent.support.paths import state_dir
@@ -93,91 +92,7 @@ def test_a_missing_folder_is_left_missing_when_only_checked() -> None:
     assert not state_dir().exists()
 
 
-# --- the local API token -----------------------------------------------------------------------
-
-
-def plant_symlink(path: Path, target: Path) -> None:
-    path.symlink_to(target)
-
-
-def plant_fifo(path: Path, target: Path) -> None:
-    os.mkfifo(path, 0o600)
-
-
-def plant_loose(path: Path, target: Path) -> None:
-    path.write_text(secrets.token_urlsafe(32) + "\n")
-    path.chmod(0o644)
-
-
-def plant_foreign(path: Path, target: Path) -> None:
-    path.write_text(secrets.token_urlsafe(32) + "\n")
-    path.chmod(0o600)
-    os.chown(path, NOBODY, NOBODY)
-
-
-def plant_bytes(content: bytes) -> Callable[[Path, Path], None]:
-    def plant(path: Path, target: Path) -> None:
-        path.write_bytes(content)
-        path.chmod(0o600)
-
-    return plant
-
-
-@pytest.mark.parametrize(
-    ("plant", "problem"),
-    [
-        pytest.param(plant_symlink, "a symlink", id="symlink"),
-        pytest.param(plant_fifo, "not a regular file", id="fifo"),
-        pytest.param(plant_loose, "mode 0644", id="readable-by-others"),
-        pytest.param(plant_foreign, "owned by uid", id="foreign", marks=AS_ROOT),
-        pytest.param(plant_bytes(b"\xff\xfe"), "not a token", id="stray-bytes"),
-        pytest.param(plant_bytes(b""), "not a token", id="empty"),
-        pytest.param(plant_bytes(b"short\n"), "not a token", id="short"),
-        pytest.param(plant_bytes(b"A" * 42 + b"!\n"), "not a token", id="bad-character"),
-        pytest.param(plant_bytes(b"A" * 43 + b"\n\n"), "not a token", id="trailing-lines"),
-    ],
-)
-def test_a_token_file_envagent_did_not_write_is_replaced(
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-    plant: Callable[[Path, Path], None],
-    problem: str,
-) -> None:
-    target = tmp_path / "attacker"
-    target.write_text("planted-token-planted-token-planted-token-pl\n")
-    target.chmod(0o644)
-    path = daemon_folder(tmp_path / "state") / "local-api-token"
-    plant(path, target)
-    before = path.read_bytes() if path.is_file() and not path.is_symlink() else b""
-
-    token = load_or_create_token(path)
-
-    assert TOKEN_FORMAT.fullmatch(token.encode())
-    assert stat.S_ISREG(path.lstat().st_mode) and mode_of(path) == 0o600
-    assert path.read_text() == token + "\n"
-    assert before.strip() != token.encode()
-    assert target.read_text() == "planted-token-planted-token-planted-token-pl\n"
-    assert mode_of(target) == 0o644
-    [warning] = [record.getMessage() for record in caplog.records]
-    assert problem in warning and str(path) in warning
-    assert token not in warning and "planted" not in warning
-    assert load_or_create_token(path) == token  # kept from now on
-
-
-def test_a_token_file_envagent_wrote_is_kept(caplog: pytest.LogCaptureFixture) -> None:
-    path = state_dir() / "local-api-token"
-    token = load_or_create_token(path)
-    assert mode_of(path) == 0o600
-    assert load_or_create_token(path) == token
-    assert caplog.records == []
-
-
-def test_a_folder_in_place_of_the_token_is_one_line() -> None:
-    path = state_dir() / "local-api-token"
-    path.mkdir(parents=True)
-    with pytest.raises(UnusableFile) as raised:
-        load_or_create_token(path)
-    assert str(raised.value) == f"{path} is a folder, not a file: remove it"
+# --- the local API token, as a real daemon uses it ---------------------------------------------
 
 
 async def test_a_planted_token_symlink_gets_401_and_its_target_is_untouched(
@@ -220,7 +135,7 @@ async def test_a_token_of_stray_bytes_is_replaced_and_the_daemon_starts(
     assert "Traceback" not in daemon.stderr()
 
 
-# --- the log file, the lock, the files read back -----------------------------------------------
+# --- the log file ------------------------------------------------------------------------------
 
 
 async def test_a_log_file_others_may_write_is_made_0600(
@@ -234,29 +149,3 @@ async def test_a_log_file_others_may_write_is_made_0600(
     assert mode_of(log_file) == 0o600
     assert await daemon.stop() == exitcodes.OK
     assert log_file.read_text().startswith("{")
-
-
-def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
-    holder = LockHolder(pid=os.getpid(), platform="http://p", device_id="d", instance_id=None)
-    path = lock_path(holder.platform, holder.device_id, holder.instance_id)
-    path.parent.mkdir(parents=True)
-    target = tmp_path / "precious"
-    target.write_text("keep me")
-    target.chmod(0o644)
-    path.symlink_to(target)
-    with pytest.raises(UnusableFile) as raised:
-        InstanceLock(holder).acquire()
-    assert str(raised.value) == (
-        f"{path}: cannot use it as a lock file: a symlink, which is never followed"
-    )
-    assert target.read_text() == "keep me" and mode_of(target) == 0o644
-
-
-@pytest.mark.parametrize(
-    "content", [b"[" * 3000 + b"]" * 3000, b'{"pid": ' * 3000, b"\xff\xfe"], ids=str
-)
-def test_a_damaged_lock_holder_reads_as_unknown(content: bytes) -> None:
-    path = lock_path("http://p", "d", None)
-    path.parent.mkdir(parents=True)
-    path.write_bytes(content)
-    assert read_holder(path) is None

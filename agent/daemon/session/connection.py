@@ -59,7 +59,7 @@ CLOSE_TIMEOUT_S = 1.0
 
 
 class SessionHost(Protocol):
-    """What the socket needs from the daemon around it."""
+    """The environment the socket reports, and that the platform's frames change."""
 
     @property
     def mode(self) -> Mode: ...
@@ -75,11 +75,15 @@ class SessionHost(Protocol):
 
     async def change_device_state(self, frame: ChangeDeviceStateFrame) -> None: ...
 
-    async def execute(self, frame: ExecuteCommandFrame) -> ExecuteCommandResponseFrame: ...
+
+class SessionOwner(Protocol):
+    """Whoever keeps the socket up: told how it goes, and running the platform's commands."""
 
     def connected(self, connection_id: str) -> None: ...
 
     def heartbeat_answered(self) -> None: ...
+
+    async def execute(self, frame: ExecuteCommandFrame) -> ExecuteCommandResponseFrame: ...
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class Session:
     def __init__(
         self,
         host: SessionHost,
+        owner: SessionOwner,
         *,
         api_key: str,
         connection_id: str,
@@ -117,6 +122,7 @@ class Session:
         watchdog: Watchdog,
     ) -> None:
         self._host = host
+        self._owner = owner
         self._api_key = api_key
         self._connection_id = connection_id
         self._url = url
@@ -147,7 +153,7 @@ class Session:
             return SessionEnd(CloseAction.RECONNECT, f"cannot open the socket: {exc!r}", None)
         self._connected_at = time.monotonic()
         self.watchdog.new_connection()
-        self._host.connected(self._connection_id)
+        self._owner.connected(self._connection_id)
         log.info("connected (%s)", self._connection_id)
         try:
             return await self._serve(ws)
@@ -239,7 +245,7 @@ class Session:
     ) -> None:
         if isinstance(frame, PongFrame):
             self.watchdog.pong()
-            self._host.heartbeat_answered()
+            self._owner.heartbeat_answered()
         elif isinstance(frame, ChangeDeviceStateFrame):
             await self._host.change_device_state(frame)
             await self._send_status(ws)
@@ -254,7 +260,7 @@ class Session:
             await self._send(ws, reply_frame.to_json())
 
     async def _answer(self, ws: ClientConnection, frame: ExecuteCommandFrame) -> None:
-        reply = await self._host.execute(frame)
+        reply = await self._owner.execute(frame)
         with contextlib.suppress(ConnectionClosed):
             await self._send(ws, reply.to_json())
 
