@@ -1,5 +1,6 @@
 # Every target sets up .venv itself when it is missing or older than pyproject.toml,
-# so a fresh clone needs nothing but Python 3.11+ and make.
+# so a fresh clone needs nothing but Python 3.11+ and make, and, for `make test`, PostgreSQL's
+# server binaries (the tests start their own server; `.ci/run` installs them when missing).
 
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \

@@ -1,6 +1,6 @@
 """Fixtures: reference platforms on ephemeral 127.0.0.1 ports and daemons, stopped after each
 test; a socket standing for systemd's sd_notify one; folders made unwritable, made writable
-again."""
+again; a throwaway PostgreSQL and a database per test (tests/postgres.py, a plugin)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ from agent.platform.server import PlatformServer
 from agent.platform.settings import PlatformSettings
 from tests.daemon_helpers import DaemonProcess, NotifySocket, Spawn, kill_all, start_daemon
 from tests.helpers import Platform
+
+# A plugin rather than an import, so that pytest rewrites its asserts and ruff sees no unused
+# names: `postgres_server` (session) and `postgres_url` (a fresh database per test).
+pytest_plugins = ["tests.postgres"]
 
 StartPlatform = Callable[..., Awaitable[Platform]]
 
@@ -51,8 +55,16 @@ async def start_platform(tmp_path: Path) -> AsyncIterator[StartPlatform]:
             await server.stop()
 
 
+BACKENDS = ("sqlite", "postgres")
+on_both_backends = pytest.mark.parametrize("platform", BACKENDS, indirect=True)
+"""Runs a test against a platform on SQLite and one on PostgreSQL: the rules must not differ."""
+
+
 @pytest.fixture
-async def platform(start_platform: StartPlatform) -> Platform:
+async def platform(request: pytest.FixtureRequest, start_platform: StartPlatform) -> Platform:
+    """A platform on SQLite, or on the backend a test asks for with `on_both_backends`."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        return await start_platform(database_url=request.getfixturevalue("postgres_url"))
     return await start_platform()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+PID_MAX = 2**31 - 1
+"""The largest process id a pid_t holds: a larger one overflows `os.kill` and `pidfd_open`."""
+
+
+def process_id(text: str) -> int:
+    value = positive_int(text)
+    if value > PID_MAX:
+        raise argparse.ArgumentTypeError(f"a process id is at most {PID_MAX}, got {value}")
+    return value
+
+
 def port(text: str) -> int:
     value = positive_int(text) if text != "0" else 0
     if value > 65535:
@@ -47,8 +59,8 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
+    if not (value > 0 and math.isfinite(value)):  # NaN and inf too: timers cannot use them
+        raise argparse.ArgumentTypeError(f"expected a finite number above 0, got {text}")
     return value
 
 
@@ -59,5 +71,15 @@ def settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> Non
 
 
 def fail(message: str, code: int = exitcodes.ERROR) -> int:
-    print(f"envagent: {message}", file=sys.stderr)
+    """Print `envagent: MESSAGE` on stderr as one line and return `code`. The message may quote
+    a peer (a platform's error message) or a path: a newline, a terminal escape or any other
+    character that is not printable is shown escaped (`\\n`, `\\x1b`), never acted on."""
+    print(f"envagent: {_printable(message)}", file=sys.stderr)
     return code
+
+
+def _printable(text: str) -> str:
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )

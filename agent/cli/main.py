@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from typing import NoReturn
 
 from agent import __version__
 from agent.cli import upgrade as cli_upgrade
-from agent.cli.common import SETTING_FLAGS, fail, port, positive_float, positive_int, settings_flags
+from agent.cli.common import (
+    SETTING_FLAGS,
+    fail,
+    port,
+    positive_float,
+    positive_int,
+    process_id,
+    settings_flags,
+)
 from agent.platform.access import ROLES
 from agent.protocol.models import MODES
 from agent.support import exitcodes
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line like every other refusal (exit 2, CONFIG);
+    every subcommand's parser is one of these too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(exitcodes.CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # Typed as the base class: the subcommands' parsers are made with type(parser) all the same.
+    parser: argparse.ArgumentParser = _Parser(
         prog="envagent", description="Make this machine visible to a coding platform."
     )
     parser.add_argument("--version", action="version", version=f"envagent {__version__}")
@@ -25,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings_flags(run, list(SETTING_FLAGS))
     run.add_argument("--foreground", action="store_true", help="human logs on the terminal")
     run.add_argument("--debug", action="store_true", default=None, help="show every frame")
-    run.add_argument("--parent-pid", type=positive_int, help="stop when this process exits")
+    run.add_argument("--parent-pid", type=process_id, help="stop when this process exits")
     run.add_argument(
         "--attach",
         action="store_true",
@@ -58,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings_flags(metadata, ["workdir", "client_version"])
 
     config = commands.add_parser("config", help="the settings in effect")
-    config_commands = config.add_subparsers(dest="config_command", required=True)
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = config_commands.add_parser("show", help="each setting and where it came from")
     settings_flags(show, list(SETTING_FLAGS))
 
@@ -72,12 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _platform_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     platform = commands.add_parser("platform", help="the reference platform")
-    platform_commands = platform.add_subparsers(dest="platform_command", required=True)
+    platform_commands = platform.add_subparsers(
+        dest="platform_command", required=True, metavar="ACTION"
+    )
 
     serve = platform_commands.add_parser("serve", help="run the reference platform")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=port, default=8283, help="0 picks a free port")
-    serve.add_argument("--db", type=Path, help="SQLite file (default: in the XDG state dir)")
+    _database_flag(serve)
     serve.add_argument(
         "--heartbeat-ms", type=positive_int, default=30_000, help="period given to daemons"
     )
@@ -98,7 +117,7 @@ def _platform_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     serve.add_argument("--debug", action="store_true", help="log every decision")
 
     keys = platform_commands.add_parser("keys", help="API keys of the reference platform")
-    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = keys_commands.add_parser("create", help="make a key and print it, once")
     create.add_argument("--org", required=True, help="organization the key belongs to")
     create.add_argument("--user", required=True, help="user the key belongs to")
@@ -110,9 +129,19 @@ def _platform_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
         help="member (default): steers only its user's environments; "
         "admin: every environment of its organization",
     )
-    create.add_argument("--db", type=Path, help="SQLite file (default: in the XDG state dir)")
+    _database_flag(create)
     listing = keys_commands.add_parser("list", help="every key's organization, user and role")
-    listing.add_argument("--db", type=Path, help="SQLite file (default: in the XDG state dir)")
+    _database_flag(listing)
+
+
+def _database_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database",
+        "--db",
+        metavar="FILE_OR_URL",
+        help="a SQLite file, or a postgresql:// URL shared by several platform processes "
+        "(default: $ENVAGENT_DATABASE_URL, else a SQLite file in the XDG state dir)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _platform(args: argparse.Namespace) -> int:
     from agent.cli.platform import create_key_command, list_keys_command, serve_command
-    from agent.platform.store import StoreError
+    from agent.platform.store.base import StoreError
 
     try:
         if args.platform_command == "serve":

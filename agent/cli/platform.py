@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from agent.cli.common import fail
 from agent.platform.access import ApiKey
@@ -14,19 +17,31 @@ from agent.platform.dblock import DatabaseInUse
 from agent.platform.keys import create_key
 from agent.platform.server import serve_forever
 from agent.platform.settings import PlatformSettings, default_db
-from agent.platform.store import Store, StoredKey
+from agent.platform.store.base import Store, StoredKey, describe_location, is_postgres
+from agent.platform.store.opening import open_store
 from agent.support import exitcodes
 from agent.support.logs import setup_logging
 
+T = TypeVar("T")
 
-def _db(args: argparse.Namespace) -> Path:
-    return Path(args.db).absolute() if args.db else default_db()
+
+DATABASE_URL_VARIABLE = "ENVAGENT_DATABASE_URL"
+
+
+def _database(args: argparse.Namespace) -> Path | str:
+    """`--database`, else $ENVAGENT_DATABASE_URL, else the default SQLite file."""
+    given = args.database or os.environ.get(DATABASE_URL_VARIABLE)
+    if not given:
+        return default_db()
+    return given if is_postgres(given) else Path(given).absolute()
 
 
 def serve_command(args: argparse.Namespace) -> int:
     setup_logging(debug=args.debug, human=False)
+    database = _database(args)
     settings = PlatformSettings(
-        db=_db(args),
+        db=database if isinstance(database, Path) else default_db(),
+        database_url=database if isinstance(database, str) else None,
         host=args.host,
         port=args.port,
         heartbeat_interval_ms=args.heartbeat_ms,
@@ -45,15 +60,13 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def create_key_command(args: argparse.Namespace) -> int:
-    db = _db(args)
-    store = Store(db)
-    try:
-        key = create_key(store, ApiKey(args.org, args.user, args.owner, args.role))
-    finally:
-        store.close()
+    database = _database(args)
+    owner = ApiKey(args.org, args.user, args.owner, args.role)
+    key = asyncio.run(_with_store(database, lambda store: create_key(store, owner)))
     print(key)
     print(
-        f"envagent: {args.role} key for user {args.user} of {args.org} stored in {db}; "
+        f"envagent: {args.role} key for user {args.user} of {args.org} stored in "
+        f"{describe_location(database)}; "
         "it is shown only this once",
         file=sys.stderr,
     )
@@ -65,17 +78,22 @@ KEY_COLUMNS = ("ORGANIZATION", "USER", "OWNER", "ROLE", "CREATED", "FINGERPRINT"
 
 def list_keys_command(args: argparse.Namespace) -> int:
     """One line a key; never the key, only the first digits of its hash to tell keys apart."""
-    store = Store(_db(args))
-    try:
-        rows = [KEY_COLUMNS, *(_key_columns(stored) for stored in store.list_keys())]
-    finally:
-        store.close()
+    stored_keys = asyncio.run(_with_store(_database(args), lambda store: store.list_keys()))
+    rows = [KEY_COLUMNS, *(_key_columns(stored) for stored in stored_keys)]
     widths = [max(len(row[n]) for row in rows) for n in range(len(KEY_COLUMNS))]
     for row in rows:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
     return exitcodes.OK
+
+
+async def _with_store(database: Path | str, work: Callable[[Store], Awaitable[T]]) -> T:
+    store = await open_store(database)
+    try:
+        return await work(store)
+    finally:
+        await store.close()
 
 
 def _key_columns(stored: StoredKey) -> tuple[str, ...]:

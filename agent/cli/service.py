@@ -71,8 +71,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _writes(parser: argparse.ArgumentParser, dry_run_help: str) -> None:
-    parser.add_argument("--dry-run", action="store_true", help=dry_run_help)
-    parser.add_argument(
+    # Either: a dry run shows the paths of a real install, not those under a --root.
+    writes = parser.add_mutually_exclusive_group()
+    writes.add_argument("--dry-run", action="store_true", help=dry_run_help)
+    writes.add_argument(
         "--root",
         type=Path,
         metavar="DIR",

@@ -39,7 +39,7 @@ async def start_embedded(instance_id: str | None) -> tuple[PlatformServer, Platf
     from agent.platform.access import ApiKey
     from agent.platform.keys import DEV_ORGANIZATION, DEV_OWNER, DEV_USER, create_key, hash_key
     from agent.platform.server import PlatformServer
-    from agent.platform.store import StoreError
+    from agent.platform.store.base import StoreError
 
     server = PlatformServer(_settings(instance_id))
     try:
@@ -49,8 +49,8 @@ async def start_embedded(instance_id: str | None) -> tuple[PlatformServer, Platf
     key_file = server.settings.dev_key_file
     try:
         key = _read_key(key_file)
-        if not key or server.store.find_key(hash_key(key)) is None:
-            key = create_key(server.store, ApiKey(DEV_ORGANIZATION, DEV_USER, DEV_OWNER))
+        if not key or await server.store.find_key(hash_key(key)) is None:
+            key = await create_key(server.store, ApiKey(DEV_ORGANIZATION, DEV_USER, DEV_OWNER))
             write_private(key_file, (key + "\n").encode())
     except BaseException:
         await server.stop()  # or it would hold the database, and its port, until the process ends

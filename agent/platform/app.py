@@ -15,7 +15,7 @@ from agent.platform.access import ApiKey, check_may_steer
 from agent.platform.keys import hash_key
 from agent.platform.relay import NoSocket, Relay
 from agent.platform.settings import PlatformSettings
-from agent.platform.store import Store, UnknownCursor
+from agent.platform.store.base import Store, UnknownCursor
 from agent.platform.web_errors import json_errors
 from agent.protocol.httpapi import ApiError, bearer_token, list_query, unknown_cursor
 from agent.protocol.models import (
@@ -36,18 +36,18 @@ RELAY_KEY = web.AppKey("relay", Relay)
 SETTINGS_KEY = web.AppKey("settings", PlatformSettings)
 
 
-def authenticate(request: web.Request) -> ApiKey:
+async def authenticate(request: web.Request) -> ApiKey:
     key = bearer_token(request.headers.get("Authorization", ""))
     if not key:
         raise ApiError(401, "unauthorized", "missing Authorization: Bearer <api key> header")
-    found = request.app[STORE_KEY].find_key(hash_key(key))
+    found = await request.app[STORE_KEY].find_key(hash_key(key))
     if found is None:
         raise ApiError(401, "unauthorized", "the API key was not recognised")
     return found
 
 
 async def register(request: web.Request) -> web.Response:
-    key = authenticate(request)
+    key = await authenticate(request)
     body = await request.read()
     try:
         registration = RegisterRequest.model_validate_json(body)
@@ -61,26 +61,26 @@ async def register(request: web.Request) -> web.Response:
         raise ApiError(422, "invalid_body", describe_validation_error(exc)) from None
     store = request.app[STORE_KEY]
     settings = request.app[SETTINGS_KEY]
-    owner = store.find_owner(key.organization_id, registration)
+    owner = await store.find_owner(key.organization_id, registration)
     if owner is not None:
         check_may_steer(key, owner.user_id, owner.row_id)
-    row_id, connection_id = store.register(key, registration, now_ms())
+    row_id, connection_id = await store.register(key, registration, now_ms())
     scheme = "wss" if request.secure else "ws"
     reply = RegisterReply(
         connection_id=connection_id,
         ws_url=f"{scheme}://{request.host}{SOCKET_PATH}?connectionId={connection_id}",
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
-        environment=store.get(key.organization_id, row_id),
+        environment=await store.get(key.organization_id, row_id),
     )
     return web.json_response(reply.to_wire(), status=201)
 
 
 async def list_environments(request: web.Request) -> web.Response:
-    key = authenticate(request)
+    key = await authenticate(request)
     query = list_query(request.query)
     settings = request.app[SETTINGS_KEY]
     try:
-        page = request.app[STORE_KEY].list(
+        page = await request.app[STORE_KEY].list(
             key.organization_id, query, now_ms(), settings.online_window_ms
         )
     except UnknownCursor:
@@ -89,9 +89,9 @@ async def list_environments(request: web.Request) -> web.Response:
 
 
 async def retrieve_environment(request: web.Request) -> web.Response:
-    key = authenticate(request)
+    key = await authenticate(request)
     device_id = request.match_info["device_id"]
-    row = request.app[STORE_KEY].get_by_device(key.organization_id, device_id)
+    row = await request.app[STORE_KEY].get_by_device(key.organization_id, device_id)
     if row is None:
         raise ApiError(404, "not_found", f"no environment with deviceId {device_id!r}")
     return web.json_response(row.to_wire())
@@ -100,7 +100,7 @@ async def retrieve_environment(request: web.Request) -> web.Response:
 async def send_frame(request: web.Request) -> web.Response:
     """ext: relay a platform frame to a live connection; with a `request_id`, wait for the
     daemon's answer and return it."""
-    key = authenticate(request)
+    key = await authenticate(request)
     connection_id = request.match_info["connection_id"]
     try:
         frame = parse_platform_frame(await request.read())
@@ -121,7 +121,7 @@ async def send_frame(request: web.Request) -> web.Response:
 
 
 async def listener_socket(request: web.Request) -> web.StreamResponse:
-    key = authenticate(request)
+    key = await authenticate(request)
     if not request.query.get("connectionId"):
         raise ApiError(400, "invalid_query", "connectionId is required")
     return await request.app[RELAY_KEY].serve(request, key)

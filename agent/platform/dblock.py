@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.platform.store import StoreError
+from agent.platform.store.base import StoreError
 from agent.support.files import Untrusted, UnusableFile, hold_flock, read_private
 
 

@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 
 from agent.platform.access import ApiKey
-from agent.platform.store import Store, StoreError
+from agent.platform.store.base import Store, StoreError
 from agent.support.clock import now_ms
 from agent.support.files import write_private
 
@@ -32,21 +32,21 @@ def _new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def create_key(store: Store, owner: ApiKey) -> str:
+async def create_key(store: Store, owner: ApiKey) -> str:
     """Store a new key for `owner` and return it: the only time it exists in clear."""
     key = _new_key()
-    store.add_key(hash_key(key), owner, now_ms())
+    await store.add_key(hash_key(key), owner, now_ms())
     return key
 
 
-def ensure_dev_key(store: Store, path: Path) -> bool:
+async def ensure_dev_key(store: Store, path: Path) -> bool:
     """With no keys at all, make a development key and write it to `path` (0600).
 
     Returns whether a key was made. The key goes to the file only, never to the log. It is
     stored only once written, so that a key no one can read never stops the next start from
     making one; StoreError when it cannot be written.
     """
-    if store.has_keys():
+    if await store.has_keys():
         return False
     key = _new_key()
     try:
@@ -55,6 +55,6 @@ def ensure_dev_key(store: Store, path: Path) -> bool:
         raise StoreError(
             f"cannot write the development key {path}: {exc.strerror or exc}"
         ) from None
-    store.add_key(hash_key(key), ApiKey(DEV_ORGANIZATION, DEV_USER, DEV_OWNER), now_ms())
+    await store.add_key(hash_key(key), ApiKey(DEV_ORGANIZATION, DEV_USER, DEV_OWNER), now_ms())
     log.info("no API keys were configured: wrote a development key to %s", path)
     return True

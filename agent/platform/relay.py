@@ -19,7 +19,7 @@ from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from agent.platform.access import ApiKey, Forbidden, check_may_steer
 from agent.platform.settings import PlatformSettings
-from agent.platform.store import Store, StoreUnavailable
+from agent.platform.store.base import Store, StoreUnavailable
 from agent.protocol.constants import REPLACED_REASON
 from agent.protocol.models import (
     MAX_NAME_CHARS,
@@ -77,22 +77,36 @@ class Relay:
         """Sockets that were open and have ended, since the start."""
 
     async def serve(self, request: web.Request, key: ApiKey) -> web.WebSocketResponse:
-        """Run one daemon's socket from the upgrade to its end."""
+        """Run one daemon's socket from the upgrade to its end.
+
+        The row is marked online before the upgrade completes, so that a daemon whose socket
+        is open is online in the listing; a refusal is a close frame right after the upgrade,
+        with a reason the daemon reads (a 4xx it would not)."""
         ws = web.WebSocketResponse(
             timeout=CLOSE_TIMEOUT_S,
             heartbeat=self._settings.transport_ping_s,
             max_msg_size=self._settings.max_frame_bytes,
             compress=False,  # a deflate context per socket costs more memory than it saves
         )
-        await ws.prepare(request)
+        connection_id = request.query.get("connectionId", "")
+        refusal: tuple[str, WSCloseCode] | None = None
         try:
-            live = self._open(ws, key, request.query)
+            row_id = await self._admit(key, connection_id, request.query)
         except NoSocket:
-            return await _refuse(ws, UNKNOWN_CONNECTION_REASON)
+            refusal = (UNKNOWN_CONNECTION_REASON, WSCloseCode.POLICY_VIOLATION)
         except Forbidden as exc:
-            return await _refuse(ws, str(exc))
+            refusal = (str(exc), WSCloseCode.POLICY_VIOLATION)
         except StoreUnavailable:  # logged by the store, once an outage
-            return await _refuse(ws, UNAVAILABLE_REASON, WSCloseCode.TRY_AGAIN_LATER)
+            refusal = (UNAVAILABLE_REASON, WSCloseCode.TRY_AGAIN_LATER)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            if refusal is None:
+                await self._left_behind(row_id, connection_id)
+            raise
+        if refusal is not None:
+            return await _refuse(ws, *refusal)
+        live = self._take(LiveSocket(row_id, connection_id, ws))
         try:
             # `receive()` rather than `async for`, and no message held while the next one is
             # awaited: what a socket keeps from one ping to the next outlives the collector's
@@ -104,31 +118,30 @@ class Relay:
             # A replaced socket leaves the row to its successor, which may share its id.
             if self._live.get(live.row_id) is live:
                 del self._live[live.row_id]
-                with contextlib.suppress(StoreUnavailable):  # the row goes stale: lost
-                    self._store.mark_disconnected(live.row_id, live.connection_id, now_ms())
+                await self._left_behind(live.row_id, live.connection_id)
             how = "left" if live.left or ws.close_code in (1000, 1001) else "lost"
             log.info("row %s %s (close code %s)", live.row_id, how, ws.close_code)
         return ws
 
-    def _open(self, ws: web.WebSocketResponse, key: ApiKey, query: Mapping[str, str]) -> LiveSocket:
-        """Make `ws` the row's live socket: NoSocket when its connection id is not current,
-        Forbidden when `key` may not steer the row (the open socket, if any, goes on).
-
-        An older socket of the row is closed in the background and not referenced any longer:
-        it must not stay in memory for as long as its successor is open.
-        """
-        connection_id = query.get("connectionId", "")
+    async def _admit(self, key: ApiKey, connection_id: str, query: Mapping[str, str]) -> str:
+        """Mark the row this connection id serves online and return its id: NoSocket when the
+        id is not current, Forbidden when `key` may not steer the row (the open socket, if
+        any, goes on)."""
         device_id = query.get("deviceId")
-        issued = self._store.find_issued(key.organization_id, connection_id)
+        issued = await self._store.find_issued(key.organization_id, connection_id)
         if issued is None or (device_id is not None and device_id != issued.device_id):
             log.info("refused a socket for connection %r: not current", connection_id[:64])
             raise NoSocket(connection_id)
         check_may_steer(key, issued.owner_user_id, issued.row_id)
         name = (query.get("connectionName") or "")[:MAX_NAME_CHARS] or None
-        self._store.mark_connected(
+        await self._store.mark_connected(
             issued.row_id, connection_id, self._settings.pod_id, name, now_ms()
         )
-        live = LiveSocket(issued.row_id, connection_id, ws)
+        return issued.row_id
+
+    def _take(self, live: LiveSocket) -> LiveSocket:
+        """Make `live` its row's socket. An older socket of the row is closed in the background
+        and not referenced any longer: it must not stay in memory as long as its successor."""
         previous = self._live.get(live.row_id)
         self._live[live.row_id] = live
         if previous is not None:
@@ -140,6 +153,10 @@ class Relay:
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
         return live
+
+    async def _left_behind(self, row_id: str, connection_id: str) -> None:
+        with contextlib.suppress(StoreUnavailable):  # the row goes stale: lost
+            await self._store.mark_disconnected(row_id, connection_id, now_ms())
 
     @property
     def sockets_open(self) -> int:
@@ -176,13 +193,15 @@ class Relay:
     async def _on_valid_frame(self, live: LiveSocket, frame: DaemonFrame) -> None:
         now = now_ms()
         if isinstance(frame, PingFrame):
-            self._store.record_heartbeat(live.row_id, live.connection_id, frame.current_mode, now)
+            await self._store.record_heartbeat(
+                live.row_id, live.connection_id, frame.current_mode, now
+            )
             await live.ws.send_str(_PONG)
         elif isinstance(frame, UpdateDeviceStatusFrame):
-            self._store.apply_device_status(live.row_id, frame.device_status, now)
+            await self._store.apply_device_status(live.row_id, frame.device_status, now)
         elif isinstance(frame, DisconnectFrame):
             live.left = True
-            self._store.mark_disconnected(live.row_id, live.connection_id, now)
+            await self._store.mark_disconnected(live.row_id, live.connection_id, now)
             log.info("row %s is leaving: %s", live.row_id, frame.reason[:200] or "no reason")
         else:
             waiting = live.awaiting.get(frame.request_id or "")
@@ -205,7 +224,7 @@ class Relay:
         A frame with a `request_id` waits up to `wait_s` for the daemon's answer (None when
         none came); other frames return None at once.
         """
-        issued = self._store.find_issued(key.organization_id, connection_id)
+        issued = await self._store.find_issued(key.organization_id, connection_id)
         if issued is None:
             raise NoSocket(connection_id)
         check_may_steer(key, issued.owner_user_id, issued.row_id)

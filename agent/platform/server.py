@@ -17,7 +17,8 @@ from agent.platform.dblock import DatabaseLock
 from agent.platform.keys import ensure_dev_key
 from agent.platform.relay import Relay
 from agent.platform.settings import PlatformSettings
-from agent.platform.store import Store
+from agent.platform.store.base import Store, is_postgres
+from agent.platform.store.opening import open_store
 from agent.platform.web_errors import JsonErrorRunner
 
 log = logging.getLogger("envagent.platform")
@@ -36,7 +37,8 @@ class PlatformServer:
 
     def __init__(self, settings: PlatformSettings) -> None:
         self.settings = settings
-        self._lock = DatabaseLock(settings.db)
+        # SQLite serves one process; PostgreSQL serves every pod that shares it.
+        self._lock = None if is_postgres(settings.database) else DatabaseLock(settings.db)
         self._store: Store | None = None
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -59,7 +61,8 @@ class PlatformServer:
 
     async def start(self) -> None:
         """Lock the database (DatabaseInUse when another process serves it), then serve."""
-        self._lock.acquire()
+        if self._lock is not None:
+            self._lock.acquire()
         try:
             await self._serve()
         except BaseException:
@@ -67,12 +70,12 @@ class PlatformServer:
             raise
 
     async def _serve(self) -> None:
-        store = Store(self.settings.db)
+        store = await open_store(self.settings.database)
         self._store = store
-        stale = store.clear_connections()
+        stale = await store.clear_connections()
         if stale:
             log.info("%d rows were connected when the platform last stopped: now offline", stale)
-        ensure_dev_key(store, self.settings.dev_key_file)
+        await ensure_dev_key(store, self.settings.dev_key_file)
         app = build_app(store, self.settings)
         self._runner = JsonErrorRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -89,9 +92,10 @@ class PlatformServer:
             await self._runner.cleanup()
             self._runner = None
         if self._store is not None:
-            self._store.close()
+            await self._store.close()
             self._store = None
-        self._lock.release()
+        if self._lock is not None:
+            self._lock.release()
 
 
 class Collector:

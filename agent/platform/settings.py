@@ -26,6 +26,8 @@ class PlatformSettings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     db: Path = field(default_factory=default_db)
+    """The SQLite file, unless `database_url` names a PostgreSQL database."""
+    database_url: str | None = None
     heartbeat_interval_ms: int = 30_000
     """Assigned to every daemon at registration (`heartbeatIntervalMs`)."""
     online_window_ms: int = ONLINE_WINDOW_MS
@@ -36,6 +38,11 @@ class PlatformSettings:
     max_body_bytes: int = 64 * 1024
     max_frame_bytes: int = 64 * 1024
     pod_id: str = field(default_factory=_pod_id)
+
+    @property
+    def database(self) -> Path | str:
+        """Where the store is: a `postgresql://` URL, or the SQLite file."""
+        return self.database_url or self.db
 
     @property
     def dev_key_file(self) -> Path:

@@ -14,7 +14,7 @@ from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestHandler
 
 from agent.platform.access import Forbidden
-from agent.platform.store import StoreUnavailable
+from agent.platform.store.base import StoreUnavailable
 from agent.protocol.httpapi import ApiError
 from agent.protocol.models import ErrorReply
 

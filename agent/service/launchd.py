@@ -8,15 +8,19 @@ holds a copy of the config file's settings too, taken at install.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 from agent.service.plan import MakeDir, Plan, Present, RemoveFile, Run, WriteFile
-from agent.service.target import ServiceSpec, Target, TomlValue
+from agent.service.target import ServiceError, ServiceSpec, Target, TomlValue
 from agent.service.templates import render
+from agent.support import exitcodes
 
 LABEL = "org.envagent"
 _INDENT = "\t\t"
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+"""What XML 1.0 cannot hold at all, not even as a character reference."""
 
 
 class Launchd:
@@ -91,7 +95,7 @@ class Launchd:
         if with_settings:
             environment["ENVAGENT_CONFIG"] = str(self.settings_path)
         values = {
-            "label": escape(LABEL),
+            "label": _xml(LABEL),
             "program_arguments": "\n".join(
                 _element("string", arg) for arg in spec.command(with_config=False)
             ),
@@ -99,11 +103,11 @@ class Launchd:
                 f"{_element('key', name)}\n{_element('string', value)}"
                 for name, value in environment.items()
             ),
-            "log_path": escape(str(self.log_path)),
+            "log_path": _xml(str(self.log_path)),
         }
         if not target.system:
             return render("launchd-agent.plist", **values)
-        return render("launchd-daemon.plist", **values, user=escape(target.account.name))
+        return render("launchd-daemon.plist", **values, user=_xml(target.account.name))
 
     @staticmethod
     def _settings(spec: ServiceSpec, *, shown: bool) -> str | None:
@@ -121,13 +125,24 @@ class Launchd:
 
 def _element(tag: str, text: str) -> str:
     """One line of a plist's array or dict: a `<string>` or `<key>` with `text` escaped."""
-    return f"{_INDENT}<{tag}>{escape(text)}</{tag}>"
+    return f"{_INDENT}<{tag}>{_xml(text)}</{tag}>"
+
+
+def _xml(text: str) -> str:
+    """`text` as XML character data: `&`, `<` and `>` escaped, and a carriage return as a
+    reference (a parser reads a raw one as a newline); ServiceError for what XML cannot hold."""
+    if _NOT_XML.search(text):
+        raise ServiceError(
+            f"{text!r}: a control character cannot go into a launchd plist", exitcodes.CONFIG
+        )
+    return escape(text, {"\r": "&#13;"})
 
 
 def _toml(value: TomlValue) -> str:
-    """A TOML value; a JSON string (quotes, `\\` escapes, `\\uXXXX`) is a TOML basic string."""
+    """A TOML value. A JSON string is a TOML basic string, if written as UTF-8: TOML's `\\u`
+    takes no surrogate pair (JSON's `\\ud83d\\ude80` for one emoji), and DEL must be escaped."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    return json.dumps(value)
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")

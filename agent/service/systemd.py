@@ -11,13 +11,17 @@ import re
 from pathlib import Path
 
 from agent.service.plan import MakeDir, Plan, Present, RemoveFile, Run, WriteFile
-from agent.service.target import ServiceSpec, Target
+from agent.service.target import ServiceError, ServiceSpec, Target
 from agent.service.templates import render
+from agent.support import exitcodes
 
 UNIT = "envagent.service"
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
 SYSTEM_ENV_FILE = Path("/etc/envagent/service.env")
 _ENV_FILE_SPECIAL = re.compile(r'(["\\`$])')
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+"""Control characters: systemd ends a line at a newline and at a carriage return too."""
+_C_ESCAPES = {"\n": r"\n", "\r": r"\r", "\t": r"\t"}
 
 
 class Systemd:
@@ -98,7 +102,7 @@ class Systemd:
             "exec_start": " ".join(
                 _word(arg, exec_line=True) for arg in spec.command(with_config=True)
             ),
-            "environment_file": _specifiers(str(self.env_path)),
+            "environment_file": _specifiers(_path(self.env_path)),
             "path": _inner(environment["PATH"]),
             "home": _inner(environment["HOME"]),
             "xdg_state_home": _inner(environment["XDG_STATE_HOME"]),
@@ -111,7 +115,7 @@ class Systemd:
             "envagent-system.service",
             **values,
             user=target.account.name,
-            read_write_paths=" ".join(_word(str(path)) for path in writable),
+            read_write_paths=" ".join(_word(_path(path)) for path in writable),
         )
 
     @staticmethod
@@ -125,12 +129,32 @@ def _specifiers(value: str) -> str:
     return value.replace("%", "%%")
 
 
+def _path(path: Path) -> str:
+    """A path for EnvironmentFile= or ReadWritePaths=, which take no C escapes: one with a
+    control character cannot be written (a newline or carriage return would end the line, and
+    the rest of the path would be read as a setting of its own)."""
+    text = str(path)
+    if _CONTROL.search(text):
+        raise ServiceError(
+            f"{text!r}: a path with a control character cannot go into a systemd unit",
+            exitcodes.CONFIG,
+        )
+    return text
+
+
 def _inner(value: str, *, exec_line: bool = False) -> str:
-    """`value` for inside double quotes in a unit file: C escapes, specifiers, and (on an Exec
-    line, where `$NAME` expands a variable) `$$` for a dollar sign."""
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    """`value` for inside double quotes in a unit file: C escapes (for every control character,
+    so that no newline or carriage return ends the line), specifiers, and (on an Exec line,
+    where `$NAME` expands a variable) `$$` for a dollar sign."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = _CONTROL.sub(_c_escape, escaped)
     escaped = _specifiers(escaped)
     return escaped.replace("$", "$$") if exec_line else escaped
+
+
+def _c_escape(found: re.Match[str]) -> str:
+    char = found.group()
+    return _C_ESCAPES.get(char) or f"\\x{ord(char):02x}"
 
 
 def _word(value: str, *, exec_line: bool = False) -> str:

@@ -93,7 +93,7 @@ def resolve_target(manager: Manager, system: bool, run_as: str | None) -> Target
             raise ServiceError(
                 "--run-as is for --system; a user service runs as you", exitcodes.CONFIG
             )
-        if sudo_user:
+        if sudo_user and sudo_user != "root":  # root's own sudo: root's service, as asked
             raise ServiceError(
                 f"under sudo a user service would be root's, not {sudo_user}'s: "
                 "run it without sudo, or use --system",

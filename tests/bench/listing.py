@@ -1,6 +1,6 @@
 """`GET /v1/environments?limit=100` over many rows, with and without `onlineOnly`.
 
-The rows are written straight into the platform's database through `agent.platform.store.Store`
+The rows are written straight into the platform's database through the store
 (`Store.register`, the statement registration runs) before the platform starts, because
 100,000 registrations over HTTP would take minutes and measure registration instead. They are
 offline, as every row is after a restart. Then a fleet of simulated daemons registers over HTTP
@@ -13,7 +13,6 @@ Requests are sequential on one keep-alive connection, so each latency is one req
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import aiohttp
 
 from agent.platform.access import ApiKey
 from agent.platform.keys import DEV_ORGANIZATION, DEV_OWNER, DEV_USER
-from agent.platform.store import Store
+from agent.platform.store.sqlite import SqliteStore
 from agent.protocol.models import EnvironmentList, RegisterRequest
 from agent.support.clock import now_ms
 from tests.bench.fixtures import HTTP_TIMEOUT, PlatformProcess, start_platform
@@ -38,10 +37,10 @@ LISTING_BUDGET = Budget(25, "budget: GET /v1/environments?limit=100 p99 <= 25 ms
 VARIANTS = {"all rows": {"limit": PAGE}, "onlineOnly": {"limit": PAGE, "onlineOnly": "true"}}
 
 
-def fill(db: Path, rows: int) -> float:
+async def fill(db: Path, rows: int) -> float:
     """Write `rows` offline rows for the development key's organization; returns seconds."""
     started = time.monotonic()
-    store = Store(db)
+    store = await SqliteStore.open(db)
     owner = ApiKey(DEV_ORGANIZATION, DEV_USER, DEV_OWNER)
     try:
         for index in range(rows):
@@ -52,9 +51,9 @@ def fill(db: Path, rows: int) -> float:
                 current_mode="default",
                 source="local",
             )
-            store.register(owner, request, now_ms())
+            await store.register(owner, request, now_ms())
     finally:
-        store.close()
+        await store.close()
     return time.monotonic() - started
 
 
@@ -92,7 +91,7 @@ async def run(workspace: Workspace, plan: Plan) -> Section:
     p99: dict[tuple[int, str], list[float]] = {}
     for rows in plan.listing_rows:
         db = workspace.path(f"listing-{rows}") / "platform.db"
-        fill_s = await asyncio.to_thread(fill, db, rows)
+        fill_s = await fill(db, rows)
         section.details[f"fill_{rows}_rows_per_s"] = rows / fill_s
         platform = await start_platform(workspace, db)
         loadgen = await LoadGen.start(workspace, platform, plan.fleet_period_s)

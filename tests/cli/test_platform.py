@@ -4,11 +4,13 @@ refusal as one line with its exit code."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -39,8 +41,8 @@ async def test_keys_create_prints_the_key_once_and_stores_only_a_hash(
     start_platform: StartPlatform, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     db = tmp_path / "platform.db"
-    code, out, err = envagent(
-        capsys, "platform", "keys", "create", "--org", "org-a", "--user", "u-1",
+    code, out, err = await asyncio.to_thread(  # the command runs its own event loop
+        envagent, capsys, "platform", "keys", "create", "--org", "org-a", "--user", "u-1",
         "--owner", "Ann", "--db", str(db),
     )  # fmt: skip
     assert code == 0, err
@@ -186,3 +188,23 @@ async def test_a_development_key_that_cannot_be_written_is_named_not_the_port(
         f"envagent: cannot write the development key {tmp_path / 'platform.db.dev-api-key'}: "
         "Is a directory"
     )
+
+
+async def test_keys_on_postgresql_by_flag_or_environment_never_print_the_password(
+    postgres_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test server trusts the role, so the password is accepted and ignored: what matters
+    is that no output carries it."""
+    parts = urlsplit(postgres_url)
+    url = parts._replace(netloc=f"{parts.username}:hunter2@{parts.netloc.split('@')[1]}").geturl()
+    code, out, err = await asyncio.to_thread(
+        envagent, capsys, "platform", "keys", "create", "--org", "org-a", "--user", "u-1",
+        "--database", url,
+    )  # fmt: skip
+    assert code == 0, err
+    assert err.startswith(f"envagent: member key for user u-1 of org-a stored in {postgres_url};")
+    monkeypatch.setenv("ENVAGENT_DATABASE_URL", url)
+    code, listed, err = await asyncio.to_thread(envagent, capsys, "platform", "keys", "list")
+    assert code == 0, err
+    assert "org-a" in listed and "u-1" in listed
+    assert "hunter2" not in out + err + listed

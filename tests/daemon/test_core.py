@@ -282,7 +282,7 @@ async def test_status_verify_finds_differences(
     code, out, _ = await verify()
     assert code == 0 and "matches" in out
     # The platform's row now says something the daemon did not.
-    other = create_key(platform.server.store, ApiKey("org-dev", "user-dev", "x"))
+    other = await create_key(platform.server.store, ApiKey("org-dev", "user-dev", "x"))
     await platform.register(status["deviceId"], other, connectionName="renamed")
     code, out, err = await verify()
     assert code == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from agent.platform.access import ApiKey
 from agent.platform.keys import create_key
-from agent.platform.store import Store
+from agent.platform.store.sqlite import SqliteStore
 from agent.support import exitcodes
 from tests.conftest import StartPlatform
 from tests.daemon_helpers import NotifySocket, Spawn, online, start_daemon
@@ -26,9 +26,9 @@ async def test_daemon_notifies_ready_before_the_platform_answers(
     port = free_port()
     platform_url = f"http://127.0.0.1:{port}"
     # A key that the platform will know once it starts.
-    store = Store(tmp_path / "platform.db")
-    key = create_key(store, ApiKey("org", "user", None))
-    store.close()
+    store = await SqliteStore.open(tmp_path / "platform.db")
+    key = await create_key(store, ApiKey("org", "user", None))
+    await store.close()
     daemon = await start_daemon(
         tmp_path / "daemon", "--heartbeat-ms", "200",
         env={
@@ -88,7 +88,7 @@ async def test_a_lock_left_by_kill_9_is_reclaimed(platform: Platform, spawn: Spa
 async def test_debug_session_leaks_the_key_nowhere_but_the_config(
     platform: Platform, tmp_path: Path
 ) -> None:
-    key = create_key(platform.server.store, ApiKey("org-dev", "user-dev", None))
+    key = await create_key(platform.server.store, ApiKey("org-dev", "user-dev", None))
     state = tmp_path / "daemon"
     config = state / "config" / "envagent" / "config.toml"
     config.parent.mkdir(parents=True)

@@ -33,7 +33,7 @@ def sdk(platform: Platform, key: str | None = None) -> AsyncLetta:
 
 
 async def test_sdk_lists_rows_with_every_query_parameter(platform: Platform) -> None:
-    other_user = create_key(platform.server.store, ApiKey("org-dev", "user-two", "Two"))
+    other_user = await create_key(platform.server.store, ApiKey("org-dev", "user-two", "Two"))
     online = await platform.connect(
         "laptop", currentMode="acceptEdits", source="local", metadata=METADATA
     )

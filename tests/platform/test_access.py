@@ -13,6 +13,7 @@ from websockets.exceptions import ConnectionClosed
 
 from agent.platform.access import ApiKey, may_steer
 from agent.platform.keys import create_key
+from tests.conftest import on_both_backends
 from tests.daemon_helpers import Spawn, online
 from tests.helpers import WAIT_S, FakeDaemon, Platform, open_socket
 
@@ -128,11 +129,12 @@ ROUTES = {
 
 @pytest.fixture
 async def scene(platform: Platform) -> Scene:
-    keys = {who: create_key(platform.server.store, key) for who, key in KEYS.items()}
+    keys = {who: await create_key(platform.server.store, key) for who, key in KEYS.items()}
     daemon = await platform.connect("dev-1", keys["owner"], currentMode="default")
     return Scene(platform, keys, daemon)
 
 
+@on_both_backends
 @pytest.mark.parametrize("who", list(KEYS))
 @pytest.mark.parametrize("route", list(ROUTES))
 async def test_only_the_owner_or_an_admin_steers_a_row(
@@ -173,15 +175,16 @@ def test_the_rule_alone(key: ApiKey, owner: str, allowed: bool) -> None:
     assert may_steer(key, owner) is allowed
 
 
+@on_both_backends
 async def test_a_member_cannot_steer_another_user_s_daemon(
     platform: Platform, spawn: Spawn
 ) -> None:
     """A real daemon: the member's mode change and socket are refused and change nothing; an
     admin's mode change is applied."""
     store = platform.server.store
-    owner = create_key(store, ApiKey("org-x", "u1", "Ann"))
-    member = create_key(store, ApiKey("org-x", "u2", "Bob"))
-    admin = create_key(store, ApiKey("org-x", "u3", None, "admin"))
+    owner = await create_key(store, ApiKey("org-x", "u1", "Ann"))
+    member = await create_key(store, ApiKey("org-x", "u2", "Bob"))
+    admin = await create_key(store, ApiKey("org-x", "u3", None, "admin"))
     daemon = await spawn(platform.url, owner, "--mode", "default")
     status = await daemon.wait_status(online)
     url = f"{platform.url}/v1/environments/{status['connectionId']}/frames"
@@ -207,10 +210,11 @@ async def test_a_member_cannot_steer_another_user_s_daemon(
     await daemon.wait_status(lambda s: s["mode"] == "unrestricted")
 
 
+@on_both_backends
 async def test_an_admin_re_registering_keeps_the_owner(platform: Platform) -> None:
     store = platform.server.store
-    owner = create_key(store, ApiKey("org-x", "u1", "Ann"))
-    admin = create_key(store, ApiKey("org-x", "u3", "Ops", "admin"))
+    owner = await create_key(store, ApiKey("org-x", "u1", "Ann"))
+    admin = await create_key(store, ApiKey("org-x", "u3", "Ops", "admin"))
     first = await platform.register("dev-1", owner, listenerInstanceId="a")
     again = await platform.register("dev-1", admin, listenerInstanceId="a", connectionName="ops")
     assert again["environment"]["id"] == first["environment"]["id"]

@@ -9,6 +9,7 @@ import pytest
 
 from agent.platform.access import ApiKey
 from agent.platform.keys import create_key
+from tests.conftest import on_both_backends
 from tests.helpers import WAIT_S, FakeDaemon, Platform
 
 
@@ -21,6 +22,7 @@ async def _heartbeat_until(stop: asyncio.Event, daemons: list[FakeDaemon]) -> in
     return beats
 
 
+@on_both_backends
 async def test_paging_returns_every_row_once_while_others_heartbeat(platform: Platform) -> None:
     daemons = [await platform.connect(f"live-{n}") for n in range(5)]
     for n in range(245):
@@ -55,6 +57,7 @@ async def test_paging_returns_every_row_once_while_others_heartbeat(platform: Pl
         await daemon.ws.close()
 
 
+@on_both_backends
 async def test_default_and_maximum_page_sizes(platform: Platform) -> None:
     for n in range(120):
         await platform.register(f"dev-{n:03}")
@@ -67,10 +70,11 @@ async def test_default_and_maximum_page_sizes(platform: Platform) -> None:
     assert len(last["connections"]) == 20 and last["hasNextPage"] is False
 
 
+@on_both_backends
 async def test_filters_and_their_combinations(platform: Platform) -> None:
     store = platform.server.store
-    alice = create_key(store, ApiKey("org-dev", "user-alice", "Alice"))
-    bob = create_key(store, ApiKey("org-dev", "user-bob", None))
+    alice = await create_key(store, ApiKey("org-dev", "user-alice", "Alice"))
+    bob = await create_key(store, ApiKey("org-dev", "user-bob", None))
     # (device, key, source, online)
     layout = [
         ("a-local-on", alice, "local", True),
@@ -118,10 +122,11 @@ async def test_filters_and_their_combinations(platform: Platform) -> None:
         await daemon.ws.close()
 
 
+@on_both_backends
 async def test_organizations_never_see_each_other(platform: Platform) -> None:
     store = platform.server.store
-    key_a = create_key(store, ApiKey("org-a", "user-a", None))
-    key_b = create_key(store, ApiKey("org-b", "user-b", None))
+    key_a = await create_key(store, ApiKey("org-a", "user-a", None))
+    key_b = await create_key(store, ApiKey("org-b", "user-b", None))
     daemon_a = await platform.connect("shared-device", key_a)
     daemon_b = await platform.connect("shared-device", key_b)  # same device id, other org
     await platform.register("only-b", key_b)
@@ -155,6 +160,7 @@ async def test_organizations_never_see_each_other(platform: Platform) -> None:
     await daemon_b.ws.close()
 
 
+@on_both_backends
 @pytest.mark.parametrize(
     ("params", "named"),
     [
@@ -175,6 +181,7 @@ async def test_bad_query_parameters_are_400_naming_the_parameter(
     assert reply.json()["message"].startswith(f"{named}")
 
 
+@on_both_backends
 async def test_bad_requests_get_a_clear_4xx_and_the_platform_keeps_serving(
     platform: Platform,
 ) -> None:

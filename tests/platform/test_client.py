@@ -58,7 +58,7 @@ async def test_every_row_is_walked_once_in_creation_order_across_pages(platform:
     key = ApiKey("org-dev", "user-dev", None)
     devices = [f"dev-{n:03}" for n in range(201)]  # pages of 100, 100 and 1
     for device in devices:
-        platform.server.store.register(
+        await platform.server.store.register(
             key, RegisterRequest(device_id=device, connection_name=device), now_ms()
         )
     rows = await walk(PlatformClient(platform.url, platform.key))

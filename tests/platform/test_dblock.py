@@ -17,7 +17,7 @@ import pytest
 from agent.platform.dblock import DatabaseInUse, DatabaseLock, lock_path
 from agent.platform.server import PlatformServer
 from agent.platform.settings import PlatformSettings
-from agent.platform.store import StoreError
+from agent.platform.store.base import StoreError
 from tests.helpers import WAIT_S
 
 HOLD = (

@@ -11,10 +11,11 @@ from urllib.parse import urlsplit
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.conftest import StartPlatform
+from tests.conftest import StartPlatform, on_both_backends
 from tests.helpers import WAIT_S, FakeDaemon, Platform, open_socket, wait_for
 
 
+@on_both_backends
 async def test_register_socket_ping_pong_shows_online_with_mode(platform: Platform) -> None:
     daemon = await platform.connect(
         "dev-1", currentMode="default", metadata={"os": "linux", "nodeVersion": None}
@@ -44,6 +45,7 @@ async def test_registration_reply_carries_period_and_row(start_platform: StartPl
     assert reply["environment"]["connectionId"] is None  # no socket yet
 
 
+@on_both_backends
 async def test_same_identity_reuses_the_row(platform: Platform) -> None:
     first = await platform.register("dev-1")
     second = await platform.register("dev-1", connectionName="renamed")
@@ -56,6 +58,7 @@ async def test_same_identity_reuses_the_row(platform: Platform) -> None:
     assert len(await platform.rows()) == 2
 
 
+@on_both_backends
 async def test_update_device_status_is_folded_into_the_row(platform: Platform) -> None:
     daemon = await platform.connect("dev-1", metadata={"os": "linux", "custom": 1})
     await daemon.send(
@@ -88,6 +91,7 @@ async def test_update_device_status_is_folded_into_the_row(platform: Platform) -
     await daemon.ws.close()
 
 
+@on_both_backends
 async def test_newest_socket_wins_and_the_older_is_told_why(platform: Platform) -> None:
     older = await platform.connect("dev-1")
     newer = await platform.connect("dev-1")
@@ -100,6 +104,7 @@ async def test_newest_socket_wins_and_the_older_is_told_why(platform: Platform) 
     await newer.ws.close()
 
 
+@on_both_backends
 async def test_reconnecting_with_the_same_connection_id_keeps_the_row_online(
     platform: Platform,
 ) -> None:
@@ -113,6 +118,7 @@ async def test_reconnecting_with_the_same_connection_id_keeps_the_row_online(
     await again.ws.close()
 
 
+@on_both_backends
 @pytest.mark.parametrize("case", ["unknown", "superseded", "wrong device"])
 async def test_a_connection_that_is_not_current_is_refused_1008(
     platform: Platform, case: str
@@ -134,6 +140,7 @@ async def test_a_connection_that_is_not_current_is_refused_1008(
     assert (await platform.row("dev-1"))["connectionId"] is None
 
 
+@on_both_backends
 async def test_socket_needs_a_valid_key(platform: Platform) -> None:
     registration = await platform.register("dev-1")
     with pytest.raises(InvalidStatus) as refused:
@@ -141,6 +148,7 @@ async def test_socket_needs_a_valid_key(platform: Platform) -> None:
     assert refused.value.response.status_code == 401
 
 
+@on_both_backends
 async def test_disconnect_frame_marks_the_row_offline_at_once(platform: Platform) -> None:
     daemon = await platform.connect("dev-1")
     await daemon.send({"type": "disconnect", "reason": "service stopping"})
@@ -152,6 +160,7 @@ async def test_disconnect_frame_marks_the_row_offline_at_once(platform: Platform
     await daemon.ws.close()
 
 
+@on_both_backends
 async def test_clean_close_marks_the_row_offline_at_once(platform: Platform) -> None:
     daemon = await platform.connect("dev-1")
     await daemon.ws.close(1000)
@@ -195,6 +204,7 @@ async def test_transport_pings_drop_a_half_open_socket(start_platform: StartPlat
     writer.close()
 
 
+@on_both_backends
 async def test_bad_frames_are_ignored_and_the_session_goes_on(platform: Platform) -> None:
     daemon = await platform.connect("dev-1")
     for bad in [
@@ -211,6 +221,7 @@ async def test_bad_frames_are_ignored_and_the_session_goes_on(platform: Platform
     assert "currentMode" not in await platform.row("dev-1")  # the bad mode was not taken
 
 
+@on_both_backends
 async def test_a_flood_of_bad_frames_is_counted_not_logged_line_by_line(
     platform: Platform, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -235,6 +246,7 @@ async def test_an_oversized_frame_closes_the_socket_1009(start_platform: StartPl
     await wait_for(lambda: platform.row("dev-1"), lambda r: r["connectionId"] is None)
 
 
+@on_both_backends
 async def test_platform_frames_reach_the_live_socket(platform: Platform) -> None:
     daemon = await platform.connect("dev-1")
     frame = {"type": "change_device_state", "payload": {"mode": "unrestricted"}}

@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent import __version__
 from tests.helpers import WAIT_S, FakeDaemon, open_socket
 
 LISTENING = "envagent platform listening on "
@@ -31,15 +30,6 @@ class PlatformProcess:
     async def stderr(self) -> str:
         assert self.process.stderr is not None
         return (await asyncio.wait_for(self.process.stderr.read(), WAIT_S)).decode()
-
-
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", *args, stdout=-1, stderr=-1, stdin=-3
-    )
-    out, err = await asyncio.wait_for(process.communicate(), WAIT_S)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture
@@ -128,11 +118,3 @@ async def test_rows_survive_a_kill_and_restart(
     log = await second.stderr() + await first.stderr()
     assert key not in log
     assert str(key_file) in log
-
-
-async def test_version_and_usage_errors() -> None:
-    assert await run_cli("--version") == (0, f"envagent {__version__}\n", "")
-    code, _, err = await run_cli("platform", "serve", "--port", "99999")
-    assert code == 2 and "a port is at most 65535" in err
-    code, _, err = await run_cli("platform", "keys", "create", "--org", "o")
-    assert code == 2 and "--user" in err

@@ -1,128 +1,38 @@
-"""`envagent service`: the four kinds of service files, as the real CLI renders them.
+"""agent/service/install.py: `envagent service install` and `uninstall` carry out a plan.
 
-Units are checked by the real `systemd-analyze verify`, plists by `plistlib` and a type check of
-every launchd key. Dry runs must list every file, mode and command and write nothing; `--root`
-writes the real files into a temporary folder and prints the commands instead of running them,
-so nothing here needs (or touches) a running service manager.
+The real CLI's dry runs must list every file, mode and command and write nothing; `--root`
+writes the real files into a temporary folder and prints the commands instead of running them.
+A real install (no --root) runs here too, into the test's folders, with stand-ins for
+systemctl and loginctl on PATH, so nothing here needs (or touches) a running service manager.
+How each unit or plist is rendered is in test_systemd.py and test_launchd.py.
 """
 
 from __future__ import annotations
 
 import os
-import plistlib
-import pwd
-import shutil
 import stat
-import subprocess
-import sys
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from agent.daemon.restart import FINAL_EXIT_CODES
+from agent.service.install import install, uninstall
+from agent.service.launchd import Launchd
+from agent.service.systemd import Systemd
+from agent.service.target import ServiceError
 from agent.support import exitcodes
-
-KEY = "sk-test-0123456789abcdef"
-USER = pwd.getpwuid(os.geteuid()).pw_name
-UID = os.geteuid()
-ENVAGENT = Path(sys.executable).parent / "envagent"
-CLI_TIMEOUT_S = 30.0
-REPO = Path(__file__).resolve().parents[2]  # tests/service/ is two below the checkout
-
-
-@dataclass(frozen=True)
-class Kind:
-    flags: tuple[str, ...]
-    service_file: str
-    """The unit or plist; `~` is the test's home."""
-    secrets_file: str
-    folders: tuple[str, ...]
-    commands: tuple[str, ...]
-
-
-KINDS = {
-    "systemd-user": Kind(
-        ("--manager", "systemd", "--user"),
-        "~/.config/systemd/user/envagent.service",
-        "~/.config/envagent/service.env",
-        (),
-        ("systemctl --user daemon-reload", "systemctl --user enable --now envagent.service"),
-    ),
-    "systemd-system": Kind(
-        ("--manager", "systemd", "--system", "--run-as", USER),
-        "/etc/systemd/system/envagent.service",
-        "/etc/envagent/service.env",
-        ("~/.local/state/envagent",),
-        ("systemctl daemon-reload", "systemctl enable --now envagent.service"),
-    ),
-    "launchd-agent": Kind(
-        ("--manager", "launchd", "--user"),
-        "~/Library/LaunchAgents/org.envagent.plist",
-        "~/.config/envagent/service.toml",
-        ("~/Library/Logs/envagent", "~/.config/envagent"),
-        (
-            f"launchctl enable gui/{UID}/org.envagent",
-            f"launchctl bootstrap gui/{UID} ~/Library/LaunchAgents/org.envagent.plist",
-            f"launchctl print gui/{UID}/org.envagent",
-        ),
-    ),
-    "launchd-daemon": Kind(
-        ("--manager", "launchd", "--system", "--run-as", USER),
-        "/Library/LaunchDaemons/org.envagent.plist",
-        "~/.config/envagent/service.toml",
-        ("/Library/Logs/envagent", "~/.config/envagent"),
-        (
-            "launchctl enable system/org.envagent",
-            "launchctl bootstrap system /Library/LaunchDaemons/org.envagent.plist",
-            "launchctl print system/org.envagent",
-        ),
-    ),
-}
-
-
-@dataclass(frozen=True)
-class Done:
-    code: int
-    out: str
-    err: str
-
-
-def service(home: Path, *args: str, key: str | None = KEY) -> Done:
-    """`envagent service ARGS` with `home` as HOME and the XDG folders left to their defaults."""
-    home.mkdir(exist_ok=True)
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("LETTA_", "ENVAGENT_", "XDG_", "SUDO_"))
-    }
-    env["HOME"] = str(home)
-    if key is not None:
-        env["LETTA_API_KEY"] = key
-    done = subprocess.run(
-        [sys.executable, "-m", "agent", "service", *args],
-        env=env,
-        cwd=home,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-        check=False,
-    )
-    return Done(done.returncode, done.stdout, done.stderr)
-
-
-def real(path: str, home: Path) -> Path:
-    return home / path[2:] if path.startswith("~/") else Path(path)
-
-
-def under(root: Path, path: Path) -> Path:
-    return root / path.relative_to("/")
-
-
-def files_in(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.rglob("*") if not path.is_dir())
+from tests.service.service_helpers import (
+    KEY,
+    KINDS,
+    UID,
+    USER,
+    FakeTools,
+    files_in,
+    real,
+    service,
+    spec,
+    target,
+    under,
+)
 
 
 @pytest.mark.parametrize("name", KINDS)
@@ -149,121 +59,6 @@ def test_dry_run_lists_everything_and_writes_nothing(name: str, tmp_path: Path) 
     assert any(line.strip() in ("LETTA_API_KEY=****", 'api_key = "****"') for line in lines)
     assert files_in(home) == []
     assert {path for path in system_paths if path.is_absolute() and path.exists()} == existed
-
-
-@pytest.mark.parametrize("name", ["systemd-user", "systemd-system"])
-def test_units_pass_systemd_analyze_verify(name: str, tmp_path: Path) -> None:
-    kind, home, root = KINDS[name], tmp_path / "home", tmp_path / "root"
-    done = service(
-        home,
-        "install",
-        "--root",
-        str(root),
-        *kind.flags,
-        "--workdir",
-        str(tmp_path),
-        "--name",
-        'box "one" 5%Q $HOME',
-        "--mode",
-        "acceptEdits",
-        "--base-url",
-        "https://api.example.com",
-    )
-
-    assert done.code == exitcodes.OK, done.err
-    unit = under(root, real(kind.service_file, home))
-    env_file = under(root, real(kind.secrets_file, home))
-    for command in kind.commands:
-        assert f"would run: {command}" in done.out
-    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
-    assert stat.S_IMODE(unit.stat().st_mode) == 0o644
-    assert f'LETTA_API_KEY="{KEY}"' in env_file.read_text().splitlines()
-    assert 'LETTA_BASE_URL="https://api.example.com"' in env_file.read_text().splitlines()
-    text = unit.read_text()
-    assert KEY not in text
-    assert f"EnvironmentFile=-{real(kind.secrets_file, home)}" in text
-    assert f'ExecStart="{ENVAGENT}" "run" "--workdir" "{tmp_path}"' in text
-    final = " ".join(str(code) for code in sorted(FINAL_EXIT_CODES))
-    assert f"\nRestartPreventExitStatus={final}\n" in text  # the same codes launchd sees as 0
-
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed: the unit was rendered but not verified")
-    runtime = tmp_path / "runtime"  # a user-scope verify wants XDG_RUNTIME_DIR, nothing more
-    runtime.mkdir(mode=0o700)
-    scope = [] if name == "systemd-system" else ["--user"]
-    verify = subprocess.run(
-        [analyze, *scope, "verify", "--man=no", "--generators=no", str(unit)],
-        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-        check=False,
-    )
-    assert (verify.returncode, verify.stdout, verify.stderr) == (0, "", "")
-
-
-LAUNCHD_KEYS: dict[str, type] = {
-    "Label": str,
-    "ProgramArguments": list,
-    "EnvironmentVariables": dict,
-    "RunAtLoad": bool,
-    "KeepAlive": dict,
-    "ThrottleInterval": int,
-    "StandardOutPath": str,
-    "StandardErrorPath": str,
-}
-
-
-@pytest.mark.parametrize("name", ["launchd-agent", "launchd-daemon"])
-def test_plists_parse_with_launchd_types(name: str, tmp_path: Path) -> None:
-    kind, home, root = KINDS[name], tmp_path / "home", tmp_path / "root"
-    config = home / ".config" / "envagent" / "config.toml"
-    config.parent.mkdir(parents=True)
-    config.write_text("heartbeat_ms = 5000\n")
-    odd_name = "a & <b> 'c'"
-
-    done = service(
-        home,
-        "install",
-        "--root",
-        str(root),
-        *kind.flags,
-        "--workdir",
-        str(tmp_path),
-        "--name",
-        odd_name,
-    )
-
-    assert done.code == exitcodes.OK, done.err
-    plist_file = under(root, real(kind.service_file, home))
-    settings_file = under(root, real(kind.secrets_file, home))
-    plist: dict[str, Any] = plistlib.loads(plist_file.read_bytes())
-    expected = {**LAUNCHD_KEYS, **({"UserName": str} if name == "launchd-daemon" else {})}
-    assert {key: type(value) for key, value in plist.items()} == expected
-    assert plist["Label"] == "org.envagent"
-    arguments = plist["ProgramArguments"]
-    assert all(isinstance(argument, str) for argument in arguments)
-    assert arguments == [str(ENVAGENT), "run", "--workdir", str(tmp_path), "--name", odd_name]
-    assert Path(arguments[0]).is_absolute() and os.access(arguments[0], os.X_OK)
-    assert plist["KeepAlive"] == {"SuccessfulExit": False}
-    assert plist["ThrottleInterval"] >= 10
-    for key in ("StandardOutPath", "StandardErrorPath"):
-        assert Path(plist[key]).is_absolute()
-        assert Path(plist[key]).parent == real(kind.folders[0], home)
-    environment = plist["EnvironmentVariables"]
-    assert all(isinstance(k, str) and isinstance(v, str) for k, v in environment.items())
-    assert environment["PATH"] == os.environ["PATH"]
-    assert environment["HOME"] == str(home)
-    assert environment["ENVAGENT_CONFIG"] == str(real(kind.secrets_file, home))
-    if name == "launchd-daemon":
-        assert plist["UserName"] == USER
-
-    assert KEY not in plist_file.read_text()
-    assert stat.S_IMODE(settings_file.stat().st_mode) == 0o600
-    settings = tomllib.loads(settings_file.read_text())
-    assert settings == {"api_key": KEY, "heartbeat_ms": 5000}
-    assert f"are copied into {real(kind.secrets_file, home)}" in done.out
 
 
 @pytest.mark.parametrize("name", ["systemd-user", "launchd-agent"])
@@ -306,39 +101,164 @@ def test_reinstall_replaces_and_uninstall_leaves_nothing(name: str, tmp_path: Pa
     )
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or Path("/run/systemd/system").exists(),
-    reason="needs a Linux machine where systemd is not running (a container): elsewhere a real "
-    "install would really install",
-)
-@pytest.mark.parametrize(
-    "args",
-    [("install",), ("install", "--system", "--run-as", USER), ("status",), ("logs",)],
-    ids=["install", "install-system", "status", "logs"],
-)
-def test_no_usable_manager_is_one_line(args: tuple[str, ...], tmp_path: Path) -> None:
-    home = tmp_path / "home"
-
-    done = service(home, *args)
-
-    assert done.code == exitcodes.UNAVAILABLE
-    assert done.out == ""
-    assert done.err.count("\n") == 1
-    assert done.err.startswith("envagent: no usable service manager: systemd is installed but ")
-    assert files_in(home) == []
+# In-process: the same functions the CLI calls, on targets under tmp_path.
 
 
-def test_every_package_and_template_ships_in_the_wheel() -> None:
-    """The package list in pyproject.toml is explicit (the templates live outside agent/), so a
-    new package under agent/ must be added there, and every template must match package-data."""
-    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    found = {
-        ".".join(init.parent.relative_to(REPO).parts)
-        for init in (REPO / "agent").rglob("__init__.py")
-    }
-    assert set(setuptools["packages"]) == found | {"agent.service_files"}
-    assert setuptools["package-dir"] == {"agent.service_files": "service_files"}
-    patterns = setuptools["package-data"]["agent.service_files"]
-    templates = {p for p in (REPO / "service_files").iterdir() if p.suffix not in (".py", ".md")}
-    assert templates
-    assert all(any(template.match(pattern) for pattern in patterns) for template in templates)
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_real_user_install_writes_the_files_and_runs_systemctl(
+    tmp_path: Path,
+    tools: FakeTools,
+    systemd_running: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    tools.add("systemctl")
+    tools.add("loginctl", stdout="no\n")
+    target_ = target(tmp_path)
+    manager = Systemd(target_)
+
+    code = install(target_, spec(tmp_path), dry_run=False, root=None)
+
+    assert code == exitcodes.OK
+    assert (mode(manager.unit_path), mode(manager.env_path)) == (0o644, 0o600)
+    assert f'LETTA_API_KEY="{KEY}"' in manager.env_path.read_text().splitlines()
+    assert KEY not in manager.unit_path.read_text()
+    assert tools.calls() == [
+        ("systemctl", "--user", "show-environment"),  # usable?
+        ("systemctl", "--user", "daemon-reload"),
+        ("systemctl", "--user", "enable", "--now", "envagent.service"),
+        ("loginctl", "show-user", USER, "--property=Linger", "--value"),
+    ]
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"wrote {manager.env_path} (mode 0600)",
+        f"wrote {manager.unit_path} (mode 0644)",
+        "running: systemctl --user daemon-reload",
+        "running: systemctl --user enable --now envagent.service",
+        f"note: linger is off for {USER}: the service runs only while {USER} is logged in; "
+        f"`loginctl enable-linger {USER}` keeps it running (a headless machine needs it)",
+        "envagent service installed (systemd user unit); `envagent service status` shows it",
+    ]
+
+
+def test_a_failing_command_stops_the_install_with_its_problem(
+    tmp_path: Path, tools: FakeTools, systemd_running: Path
+) -> None:
+    tools.add("systemctl", code=1, stdout="Failed to enable unit: bad setting\n", when="enable")
+    target_ = target(tmp_path)
+
+    with pytest.raises(ServiceError) as failed:
+        install(target_, spec(tmp_path), dry_run=False, root=None)
+
+    assert str(failed.value) == "`systemctl --user enable --now envagent.service` exited 1"
+    assert failed.value.code == exitcodes.ERROR
+    assert Systemd(target_).unit_path.exists()  # written before: install again fixes it
+
+
+def test_an_expected_failure_is_ignored_and_its_output_hidden(
+    tmp_path: Path,
+    tools: FakeTools,
+    systemd_running: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Uninstalling a service that is not running: `disable --now` fails, the rest goes on."""
+    tools.add("systemctl", code=5, stdout="Unit envagent.service not loaded.\n", when="disable")
+    target_ = target(tmp_path)
+    manager = Systemd(target_)
+    manager.unit_path.parent.mkdir(parents=True)
+    manager.unit_path.write_text("[Unit]\n")
+
+    assert uninstall(target_, dry_run=False, root=None) == exitcodes.OK
+
+    assert not manager.unit_path.exists()
+    assert [call[2] for call in tools.calls()[1:]] == ["disable", "daemon-reload", "reset-failed"]
+    out = capfd.readouterr().out
+    assert "not loaded" not in out
+    assert out.endswith("envagent service uninstalled (systemd user unit)\n")
+
+
+def test_a_system_service_needs_root(
+    tmp_path: Path,
+    tools: FakeTools,
+    systemd_running: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tools.add("systemctl")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # the check is the euid's, as sudo sets it
+    target_ = target(tmp_path, system=True)
+
+    with pytest.raises(ServiceError) as refused:
+        install(target_, spec(tmp_path), dry_run=False, root=None)
+
+    assert refused.value.code == exitcodes.CONFIG
+    assert str(refused.value) == (
+        "a system service is installed by root: run it with sudo (systemd system unit)"
+    )
+    assert tools.calls() == []
+    assert not (tmp_path / "home").exists()
+
+
+def test_a_dry_run_needs_no_service_manager(
+    tmp_path: Path, only_tools: FakeTools, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No systemctl at all: the dry run is printed, nothing is run or written."""
+    code = install(target(tmp_path, system=True), spec(tmp_path), dry_run=True, root=None)
+
+    assert code == exitcodes.OK
+    assert capsys.readouterr().out.startswith("dry run: nothing is written and nothing is run\n")
+    assert files_in(tmp_path) == []
+
+
+def test_under_a_root_folders_get_mkdir_p_modes_and_commands_are_printed(
+    tmp_path: Path, only_tools: FakeTools, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The state folder 0700, each parent it needed 0755 (as `mkdir -p`); nothing runs."""
+    root = tmp_path / "root"
+    target_ = target(tmp_path, system=True)
+    (under(root, tmp_path / "home")).mkdir(parents=True)  # the home exists, not .local
+
+    install(target_, spec(tmp_path, api_key=None), dry_run=False, root=root)
+
+    state = under(root, target_.state_dir)
+    assert [mode(folder) for folder in (state, state.parent, state.parent.parent)] == [
+        0o700,
+        0o755,
+        0o755,
+    ]
+    out = capsys.readouterr().out.splitlines()
+    created = [line for line in out if line.startswith("created ")]
+    assert created == [
+        f"created {state.parent.parent}",
+        f"created {state.parent}",
+        f"created {state}",
+    ]
+    assert "would run: systemctl daemon-reload" in out
+    assert out[-1] == f"done under {root}; the commands above were not run"
+    assert only_tools.calls() == []
+
+
+def test_no_key_and_no_url_is_the_embedded_platform_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install(target(tmp_path, "launchd"), spec(tmp_path, api_key=None), dry_run=True, root=None)
+
+    assert (
+        "note: no API key and no platform URL: the service runs the embedded reference "
+        "platform; set LETTA_API_KEY (and LETTA_BASE_URL) and install again to use another"
+    ) in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize("system", [False, True], ids=["agent", "daemon"])
+def test_uninstalling_nothing_says_so(
+    tmp_path: Path, only_tools: FakeTools, capsys: pytest.CaptureFixture[str], system: bool
+) -> None:
+    target_ = target(tmp_path, "launchd", system=system)
+
+    assert uninstall(target_, dry_run=False, root=tmp_path / "root") == exitcodes.OK
+
+    kind = "launchd system daemon" if system else "launchd user agent"
+    plist = Launchd(target_).plist_path
+    assert capsys.readouterr().out == f"no envagent service is installed ({kind}: no {plist})\n"
+    assert only_tools.calls() == []

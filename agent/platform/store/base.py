@@ -1,0 +1,373 @@
+"""The store's interface, and all of its SQL, written once for both backends.
+
+A backend (`sqlite`, `postgres`) supplies only how to connect, create or migrate its schema,
+run one statement without blocking the event loop, and which of its errors mean "try again
+later". The statements themselves are here, in the dialect both databases share (`?`
+placeholders, `ON CONFLICT … DO UPDATE … RETURNING`), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent.platform.access import ApiKey
+from agent.protocol.models import (
+    DeviceStatus,
+    EnvironmentList,
+    EnvironmentRow,
+    ListQuery,
+    Metadata,
+    Mode,
+    RegisterRequest,
+)
+
+log = logging.getLogger("envagent.platform")
+
+SCHEMA_VERSION = 2
+"""Both backends' schemas are at this version; each has its own steps to reach it."""
+
+_ROW_FIELDS = (
+    "id",
+    "connected_at",
+    "connection_id",
+    "connection_name",
+    "device_id",
+    "first_seen_at",
+    "last_heartbeat",
+    "last_seen_at",
+    "organization_id",
+    "pod_id",
+    "api_key_owner",
+    "current_mode",
+    "metadata",
+    "user_id",
+)
+"""The columns of a listing row, named as the EnvironmentRow fields they fill."""
+_ROW_COLUMNS = ", ".join(_ROW_FIELDS)
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres(location: Path | str) -> bool:
+    """Whether a database location is a PostgreSQL URL (else it is a SQLite file's path)."""
+    return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
+
+
+def describe_location(location: Path | str) -> str:
+    """The location to print or log: a URL without its password."""
+    if not is_postgres(location):
+        return str(location)
+    parts = urlsplit(str(location))
+    if parts.password is None:
+        return str(location)
+    user = f"{parts.username}@" if parts.username else ""
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return parts._replace(netloc=f"{user}{host}{port}").geturl()
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """A key as `envagent platform keys list` shows it: never the key, a prefix of its hash."""
+
+    key: ApiKey
+    fingerprint: str
+    created_at: int
+
+
+@dataclass(frozen=True)
+class RowOwner:
+    row_id: str
+    user_id: str
+    """The user that registered the row: only they (or an admin) may steer it."""
+
+
+@dataclass(frozen=True)
+class IssuedConnection:
+    row_id: str
+    device_id: str
+    owner_user_id: str
+    """The user that registered the row: only they (or an admin) may steer it."""
+
+
+class UnknownCursor(LookupError):
+    """`after` names no row this organization can see."""
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or has a schema this version does not know."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot take a write now (full, I/O error, locked): try again later."""
+
+
+class Store(ABC):
+    """One platform database. Every method is a coroutine and none blocks the event loop."""
+
+    def __init__(self) -> None:
+        self._failing = False
+        """A statement failed for a cause that may pass, and none has worked since."""
+
+    def _unavailable(self, cause: str, what: str = "take writes") -> StoreUnavailable:
+        """What to raise for a statement that may work later; the cause is logged once per
+        outage, not once per refused statement."""
+        if not self._failing:
+            self._failing = True
+            log.warning(
+                "the platform database cannot %s: %s; registrations are answered 503 until it can",
+                what,
+                cause,
+            )
+        return StoreUnavailable(f"the platform database cannot {what}: {cause}")
+
+    def _available(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.info("the platform database takes writes again")
+
+    # --- what a backend supplies ----------------------------------------------------------
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def _one(self, sql: str, *params: Any) -> tuple[Any, ...] | None:
+        """The first row of a reading statement, None when there is none."""
+
+    @abstractmethod
+    async def _all(self, sql: str, *params: Any) -> list[tuple[Any, ...]]: ...
+
+    @abstractmethod
+    async def _write(self, sql: str, *params: Any) -> tuple[list[tuple[Any, ...]], int]:
+        """Run one writing statement to its end: (the rows it returned, the rows it changed).
+        StoreUnavailable when the database cannot take it now but may later."""
+
+    # --- API keys ----------------------------------------------------------------------------
+
+    async def add_key(self, key_hash: str, key: ApiKey, now: int) -> None:
+        await self._write(
+            "INSERT INTO api_keys (key_hash, organization_id, user_id, owner, role, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            key_hash,
+            key.organization_id,
+            key.user_id,
+            key.owner,
+            key.role,
+            now,
+        )
+
+    async def find_key(self, key_hash: str) -> ApiKey | None:
+        found = await self._one(
+            "SELECT organization_id, user_id, owner, role FROM api_keys WHERE key_hash = ?",
+            key_hash,
+        )
+        return ApiKey(*found) if found else None
+
+    async def list_keys(self) -> list[StoredKey]:
+        """Every key, oldest first, by the first 12 hex digits of its hash."""
+        found = await self._all(
+            "SELECT organization_id, user_id, owner, role, substr(key_hash, 1, 12), created_at "
+            "FROM api_keys ORDER BY created_at, key_hash"
+        )
+        return [StoredKey(ApiKey(*row[:4]), row[4], row[5]) for row in found]
+
+    async def has_keys(self) -> bool:
+        return await self._one("SELECT 1 FROM api_keys LIMIT 1") is not None
+
+    # --- environments ------------------------------------------------------------------------
+
+    async def find_owner(self, organization_id: str, request: RegisterRequest) -> RowOwner | None:
+        """Who registered this identity's row, None when there is no row yet."""
+        found = await self._one(
+            "SELECT id, COALESCE(user_id, '') FROM environments "
+            "WHERE organization_id = ? AND device_id = ? AND listener_instance_id = ?",
+            organization_id,
+            request.device_id,
+            request.listener_instance_id or "",
+        )
+        return RowOwner(*found) if found else None
+
+    async def register(self, key: ApiKey, request: RegisterRequest, now: int) -> tuple[str, str]:
+        """Create or update the row for this identity and issue a new connection id.
+
+        Returns (row id, connection id). The row keeps its id, firstSeenAt, userId and
+        apiKeyOwner; a socket that is still open keeps serving until the new connection's
+        socket replaces it. Whether `key` may take an existing row is the caller's question.
+        """
+        connection_id = f"conn-{uuid.uuid4()}"
+        [(row_id,)], _ = await self._write(
+            "INSERT INTO environments (id, organization_id, device_id, listener_instance_id, "
+            "user_id, api_key_owner, connection_name, source, current_mode, metadata, "
+            "issued_connection_id, first_seen_at, last_seen_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (organization_id, device_id, listener_instance_id) DO UPDATE SET "
+            "connection_name = excluded.connection_name, source = excluded.source, "
+            "current_mode = COALESCE(excluded.current_mode, environments.current_mode), "
+            "metadata = excluded.metadata, "
+            "issued_connection_id = excluded.issued_connection_id, "
+            "last_seen_at = excluded.last_seen_at "
+            "RETURNING id",
+            f"env-{uuid.uuid4()}",
+            key.organization_id,
+            request.device_id,
+            request.listener_instance_id or "",
+            key.user_id,
+            key.owner,
+            request.connection_name,
+            request.source or "local",
+            request.current_mode,
+            request.metadata.to_json(),
+            connection_id,
+            now,
+            now,
+        )
+        return row_id, connection_id
+
+    async def find_issued(
+        self, organization_id: str, connection_id: str
+    ) -> IssuedConnection | None:
+        """The row a socket with this connection id may serve, if the id is still current."""
+        found = await self._one(
+            "SELECT id, device_id, COALESCE(user_id, '') FROM environments "
+            "WHERE issued_connection_id = ? AND organization_id = ?",
+            connection_id,
+            organization_id,
+        )
+        return IssuedConnection(*found) if found else None
+
+    async def mark_connected(
+        self, row_id: str, connection_id: str, pod_id: str, connection_name: str | None, now: int
+    ) -> None:
+        """The socket opening counts as the first heartbeat: online at once."""
+        await self._write(
+            "UPDATE environments SET connection_id = ?, connected_at = ?, last_heartbeat = ?, "
+            "last_seen_at = ?, pod_id = ?, connection_name = COALESCE(?, connection_name) "
+            "WHERE id = ?",
+            connection_id,
+            now,
+            now,
+            now,
+            pod_id,
+            connection_name,
+            row_id,
+        )
+
+    async def record_heartbeat(
+        self, row_id: str, connection_id: str, mode: Mode | None, now: int
+    ) -> None:
+        await self._write(
+            "UPDATE environments SET last_heartbeat = ?, last_seen_at = ?, "
+            "current_mode = COALESCE(?, current_mode) WHERE id = ? AND connection_id = ?",
+            now,
+            now,
+            mode,
+            row_id,
+            connection_id,
+        )
+
+    async def apply_device_status(self, row_id: str, status: DeviceStatus, now: int) -> None:
+        """Fold what `update_device_status` reported into the row's metadata and mode."""
+        found = await self._one("SELECT metadata FROM environments WHERE id = ?", row_id)
+        if not found:
+            return
+        metadata: dict[str, Any] = json.loads(found[0])
+        metadata.update(status.metadata_changes())
+        await self._write(
+            "UPDATE environments SET metadata = ?, last_seen_at = ?, "
+            "current_mode = COALESCE(?, current_mode), "
+            "connection_name = COALESCE(?, connection_name) WHERE id = ?",
+            json.dumps(metadata, separators=(",", ":")),
+            now,
+            status.current_permission_mode,
+            status.connection_name or None,
+            row_id,
+        )
+
+    async def mark_disconnected(self, row_id: str, connection_id: str, now: int) -> bool:
+        """Offline at once; a no-op when a newer socket already holds the row."""
+        _, changed = await self._write(
+            "UPDATE environments SET connection_id = NULL, connected_at = NULL, pod_id = NULL, "
+            "last_seen_at = ? WHERE id = ? AND connection_id = ?",
+            now,
+            row_id,
+            connection_id,
+        )
+        return changed > 0
+
+    async def clear_connections(self) -> int:
+        """At start-up no socket is open, whatever the rows say after a crash."""
+        _, changed = await self._write(
+            "UPDATE environments SET connection_id = NULL, connected_at = NULL, pod_id = NULL "
+            "WHERE connection_id IS NOT NULL OR pod_id IS NOT NULL"
+        )
+        return changed
+
+    async def get(self, organization_id: str, row_id: str) -> EnvironmentRow | None:
+        found = await self._one(
+            f"SELECT {_ROW_COLUMNS} FROM environments WHERE id = ? AND organization_id = ?",  # noqa: S608
+            row_id,
+            organization_id,
+        )
+        return _to_row(found) if found else None
+
+    async def get_by_device(self, organization_id: str, device_id: str) -> EnvironmentRow | None:
+        """The row of this device; the one without a listener instance id comes first."""
+        found = await self._one(
+            f"SELECT {_ROW_COLUMNS} FROM environments "  # noqa: S608
+            "WHERE organization_id = ? AND device_id = ? ORDER BY listener_instance_id, seq "
+            "LIMIT 1",
+            organization_id,
+            device_id,
+        )
+        return _to_row(found) if found else None
+
+    async def list(
+        self, organization_id: str, query: ListQuery, now: int, online_window_ms: int
+    ) -> EnvironmentList:
+        """One page in creation order, which no heartbeat changes, so paging is exact."""
+        where = ["organization_id = ?"]
+        params: list[Any] = [organization_id]
+        if query.after is not None:
+            found = await self._one(
+                "SELECT seq FROM environments WHERE id = ? AND organization_id = ?",
+                query.after,
+                organization_id,
+            )
+            if not found:
+                raise UnknownCursor(query.after)
+            where.append("seq > ?")
+            params.append(found[0])
+        if query.user_id is not None:
+            where.append("user_id = ?")
+            params.append(query.user_id)
+        if query.source is not None:
+            where.append("source = ?")
+            params.append(query.source)
+        if query.online_only:
+            where.append("connection_id IS NOT NULL AND last_heartbeat > ?")
+            params.append(now - online_window_ms)
+        params.append(query.limit + 1)
+        rows = await self._all(
+            f"SELECT {_ROW_COLUMNS} FROM environments WHERE {' AND '.join(where)} "  # noqa: S608
+            "ORDER BY seq LIMIT ?",
+            *params,
+        )
+        return EnvironmentList(
+            connections=[_to_row(row) for row in rows[: query.limit]],
+            has_next_page=len(rows) > query.limit,
+        )
+
+
+def _to_row(values: tuple[Any, ...]) -> EnvironmentRow:
+    fields = dict(zip(_ROW_FIELDS, values, strict=True))
+    fields["metadata"] = Metadata.model_validate_json(fields["metadata"])
+    return EnvironmentRow.model_validate(fields)

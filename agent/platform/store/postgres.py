@@ -1,0 +1,200 @@
+"""The store in PostgreSQL, shared by every platform process ("pod") that serves one fleet.
+
+asyncpg with a pool: statements never block the event loop, and a pod holds a few connections
+whatever its number of sockets. The SQL is the shared one (`base`), its `?` placeholders
+numbered for PostgreSQL once per statement text. The schema is created or migrated at start
+inside one transaction that first takes an advisory lock, so pods started together migrate
+once, one after the other.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from agent.platform.store.base import (
+    SCHEMA_VERSION,
+    Store,
+    StoreError,
+    describe_location,
+)
+
+POOL_SIZE = 8
+"""Connections a pod holds at most: statements are short, so a few serve thousands of sockets."""
+STATEMENT_TIMEOUT_S = 10.0
+MIGRATION_LOCK = 0x656E76_6167656E  # "envagen": any constant, the same in every pod
+
+_SCHEMA = (
+    """CREATE TABLE api_keys (
+    key_hash        TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL,
+    user_id         TEXT NOT NULL,
+    owner           TEXT,
+    created_at      BIGINT NOT NULL,
+    role            TEXT NOT NULL DEFAULT 'member'
+)""",
+    # COLLATE "C": rows are ordered by bytes, as SQLite orders them, whatever the locale.
+    """CREATE TABLE environments (
+    seq                  BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                   TEXT NOT NULL UNIQUE,
+    organization_id      TEXT NOT NULL,
+    device_id            TEXT NOT NULL,
+    listener_instance_id TEXT COLLATE "C" NOT NULL,
+    user_id              TEXT,
+    api_key_owner        TEXT,
+    connection_name      TEXT NOT NULL,
+    source               TEXT NOT NULL,
+    current_mode         TEXT,
+    metadata             TEXT NOT NULL,
+    issued_connection_id TEXT,
+    connection_id        TEXT,
+    connected_at         BIGINT,
+    last_heartbeat       BIGINT,
+    pod_id               TEXT,
+    first_seen_at        BIGINT NOT NULL,
+    last_seen_at         BIGINT NOT NULL,
+    UNIQUE (organization_id, device_id, listener_instance_id)
+)""",
+    "CREATE INDEX environments_by_org ON environments (organization_id, seq)",
+    "CREATE INDEX environments_by_issued ON environments (issued_connection_id)",
+    "CREATE INDEX environments_connected ON environments (organization_id, seq) "
+    "WHERE connection_id IS NOT NULL",
+)
+"""A new database, created at SCHEMA_VERSION."""
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+"""The statements that take a database from version N to N + 1 (none yet: PostgreSQL support
+began at version 2)."""
+
+_FIRST_VERSION = 2
+
+_TRY_AGAIN_CLASSES = ("08", "53", "57")
+"""SQLSTATE classes that may pass: connection exceptions, insufficient resources (a full disk,
+too many connections), operator intervention (a shutdown, a restart)."""
+_TRY_AGAIN_STATES = frozenset({"25006", "40001", "40P01"})
+"""A read-only transaction (a standby), a serialization failure, a deadlock."""
+
+
+class PostgresStore(Store):
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__()
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, url: str) -> PostgresStore:
+        """Connect and migrate; StoreError (naming the URL without its password) when the
+        database cannot be used."""
+        try:
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=POOL_SIZE, command_timeout=STATEMENT_TIMEOUT_S
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreError(
+                f"cannot use the platform database {describe_location(url)}: {exc}"
+            ) from None
+        try:
+            await _migrate(pool)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def _one(self, sql: str, *params: Any) -> tuple[Any, ...] | None:
+        found = await self._run(self._pool.fetchrow, sql, params, "answer")
+        return tuple(found) if found is not None else None
+
+    async def _all(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await self._run(self._pool.fetch, sql, params, "answer")]
+
+    async def _write(self, sql: str, *params: Any) -> tuple[list[tuple[Any, ...]], int]:
+        if " RETURNING " in sql:
+            rows = [tuple(row) for row in await self._run(self._pool.fetch, sql, params)]
+            return rows, len(rows)
+        return [], _changed(await self._run(self._pool.execute, sql, params))
+
+    async def _run(
+        self,
+        call: Callable[..., Awaitable[Any]],
+        sql: str,
+        params: tuple[Any, ...],
+        what: str = "take writes",
+    ) -> Any:
+        """One statement on a pooled connection. A failure that may pass (the network, a
+        `_TRY_AGAIN_*` state) is StoreUnavailable; any other (a bug, a schema problem that
+        retrying cannot mend) is raised as it is.
+
+        A failure without a state is the connection's own (a socket the server closed, which
+        can leave asyncpg's connection in a state it cannot leave): the pool then replaces
+        every connection it holds, so that the next statements get sound ones."""
+        try:
+            result = await call(_numbered(sql), *params)
+        except _CONNECTION_FAILURES as exc:
+            state = getattr(exc, "sqlstate", None)
+            lasting = state is not None and state[:2] not in _TRY_AGAIN_CLASSES
+            if lasting and state not in _TRY_AGAIN_STATES:
+                raise
+            if state is None or state[:2] in ("08", "57"):
+                await self._pool.expire_connections()
+            cause = f"{exc} (SQLSTATE {state})" if state else repr(exc)
+            raise self._unavailable(cause, what) from None
+        self._available()
+        return result
+
+
+_CONNECTION_FAILURES = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _numbered(sql: str) -> str:
+    """`?` placeholders as `$1`, `$2`… (the shared SQL has no `?` inside a literal)."""
+    count = iter(range(1, sql.count("?") + 1))
+    return re.sub(r"\?", lambda _: f"${next(count)}", sql)
+
+
+def _changed(status: str) -> int:
+    """The row count of a command status such as `UPDATE 3`."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+async def _migrate(pool: asyncpg.Pool) -> None:
+    """Create the schema, or bring an older one up to date, once whichever pods start."""
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS envagent_schema (version INTEGER NOT NULL)"
+        )
+        version = await connection.fetchval("SELECT max(version) FROM envagent_schema")
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the platform database's schema version {version} is newer than this "
+                f"envagent ({SCHEMA_VERSION})"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        steps = _SCHEMA if version is None else _migration_steps(version)
+        for statement in steps:
+            await connection.execute(statement)
+        await connection.execute("DELETE FROM envagent_schema")
+        await connection.execute("INSERT INTO envagent_schema VALUES ($1)", SCHEMA_VERSION)
+
+
+def _migration_steps(version: int) -> tuple[str, ...]:
+    if version < _FIRST_VERSION:
+        raise StoreError(f"the platform database's schema version {version} is unknown")
+    return tuple(
+        statement for step in range(version, SCHEMA_VERSION) for statement in _MIGRATIONS[step]
+    )

@@ -1,0 +1,181 @@
+"""The store's interface, one suite run against both backends (SQLite on a real file, and a real
+PostgreSQL started by the test set-up), so that the two cannot drift apart: what a socket that
+was replaced may no longer write, the online window at both ends, page boundaries, which row a
+device lookup returns, registering again, hostile input, and the API keys and their roles."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.platform.access import ApiKey
+from agent.platform.keys import create_key, hash_key
+from agent.platform.store.base import Store, describe_location, is_postgres
+from agent.platform.store.opening import open_store
+from agent.protocol.models import EnvironmentRow, ListQuery, RegisterRequest
+
+ALICE = ApiKey("org-a", "user-alice", "Alice")
+BOB = ApiKey("org-a", "user-bob", None)
+STRANGER = ApiKey("org-b", "user-eve", "Eve", "admin")
+WINDOW_MS = 120_000
+NOW = 1_700_000_000_000
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    location: Path | str = tmp_path / "platform.db"
+    if request.param == "postgres":
+        location = request.getfixturevalue("postgres_url")
+    opened = await open_store(location)
+    yield opened
+    await opened.close()
+
+
+def request(device: str, instance: str | None = None, **fields: object) -> RegisterRequest:
+    return RegisterRequest.model_validate(
+        {"deviceId": device, "listenerInstanceId": instance, "connectionName": device, **fields}
+    )
+
+
+async def page(store: Store, key: ApiKey = ALICE, now: int = NOW, **query: Any) -> list[str]:
+    listed = await store.list(key.organization_id, ListQuery(**query), now, WINDOW_MS)
+    return [row.device_id for row in listed.connections]
+
+
+async def row_of(store: Store, row_id: str, key: ApiKey = ALICE) -> EnvironmentRow:
+    row = await store.get(key.organization_id, row_id)
+    assert row is not None
+    return row
+
+
+async def test_a_replaced_socket_can_no_longer_write_the_row(store: Store) -> None:
+    row_id, first = await store.register(ALICE, request("dev-1"), NOW)
+    await store.mark_connected(row_id, first, "pod-1", None, NOW)
+    again, second = await store.register(ALICE, request("dev-1"), NOW + 1)
+    assert (again, await store.find_issued("org-a", first)) == (row_id, None)  # superseded
+    await store.mark_connected(row_id, second, "pod-2", None, NOW + 2)
+
+    await store.record_heartbeat(row_id, first, "unrestricted", NOW + 3)
+    assert not await store.mark_disconnected(row_id, first, NOW + 4)
+    row = await row_of(store, row_id)
+    assert (row.connection_id, row.pod_id, row.last_heartbeat) == (second, "pod-2", NOW + 2)
+    assert row.current_mode is None
+
+    await store.record_heartbeat(row_id, second, "acceptEdits", NOW + 5)
+    assert (await row_of(store, row_id)).current_mode == "acceptEdits"
+    assert await store.mark_disconnected(row_id, second, NOW + 6)
+    assert (await row_of(store, row_id)).connection_id is None
+
+
+async def test_a_connection_id_is_unknown_to_another_organization(store: Store) -> None:
+    row_id, connection_id = await store.register(ALICE, request("dev-1"), NOW)
+    issued = await store.find_issued("org-a", connection_id)
+    assert issued is not None and (issued.row_id, issued.owner_user_id) == (row_id, "user-alice")
+    assert await store.find_issued(STRANGER.organization_id, connection_id) is None
+    assert await store.get(STRANGER.organization_id, row_id) is None
+    assert await store.get_by_device(STRANGER.organization_id, "dev-1") is None
+
+
+@pytest.mark.parametrize(
+    ("age_ms", "online"), [(0, True), (WINDOW_MS - 1, True), (WINDOW_MS, False)]
+)
+async def test_the_online_window_at_both_ends_agrees_with_the_row_s_own_rule(
+    store: Store, age_ms: int, online: bool
+) -> None:
+    row_id, connection_id = await store.register(ALICE, request("dev-1"), NOW)
+    await store.mark_connected(row_id, connection_id, "pod", None, NOW - age_ms)
+    assert await page(store, online_only=True) == (["dev-1"] if online else [])
+    assert (await row_of(store, row_id)).is_online(NOW, WINDOW_MS) is online
+    assert await page(store) == ["dev-1"]
+
+
+async def test_a_row_without_a_socket_is_never_online_whatever_its_heartbeat(store: Store) -> None:
+    row_id, connection_id = await store.register(ALICE, request("dev-1"), NOW)
+    await store.mark_connected(row_id, connection_id, "pod", None, NOW)
+    await store.mark_disconnected(row_id, connection_id, NOW)
+    assert (await row_of(store, row_id)).last_heartbeat == NOW
+    assert await page(store, online_only=True) == []
+
+
+@pytest.mark.parametrize(("rows", "more"), [(2, False), (3, False), (4, True)])
+async def test_a_page_says_there_is_more_only_when_there_is(
+    store: Store, rows: int, more: bool
+) -> None:
+    for n in range(rows):
+        await store.register(ALICE, request(f"dev-{n}"), NOW + n)
+    first = await store.list("org-a", ListQuery(limit=3), NOW, WINDOW_MS)
+    assert len(first.connections) == min(rows, 3) and first.has_next_page is more
+    rest = await store.list(
+        "org-a", ListQuery(limit=3, after=first.connections[-1].id), NOW, WINDOW_MS
+    )
+    assert [row.device_id for row in rest.connections] == [f"dev-{n}" for n in range(3, rows)]
+    assert rest.has_next_page is False
+
+
+async def test_a_device_lookup_returns_the_row_without_a_listener_instance_first(
+    store: Store,
+) -> None:
+    for instance in ("b", "a"):
+        await store.register(
+            ALICE, request("dev-1", instance, connectionName=f"instance {instance}"), NOW
+        )
+    found = await store.get_by_device("org-a", "dev-1")
+    assert found is not None and found.connection_name == "instance a"  # by id, not by age
+    await store.register(ALICE, request("dev-1", connectionName="no instance"), NOW)  # the newest
+    found = await store.get_by_device("org-a", "dev-1")
+    assert found is not None and found.connection_name == "no instance"
+
+
+async def test_registering_again_keeps_who_and_when_and_a_mode_not_sent(store: Store) -> None:
+    row_id, _ = await store.register(ALICE, request("dev-1", currentMode="acceptEdits"), NOW)
+    await store.register(
+        BOB, request("dev-1", source="remote", metadata={"os": "darwin"}), NOW + 1
+    )  # whether Bob may is the caller's question; the row's owner stays
+    row = await row_of(store, row_id)
+    assert (row.user_id, row.api_key_owner, row.first_seen_at) == ("user-alice", "Alice", NOW)
+    assert (row.current_mode, row.last_seen_at) == ("acceptEdits", NOW + 1)
+    assert row.metadata is not None and row.metadata.os == "darwin"
+    assert await page(store, source="remote") == ["dev-1"]
+    assert await page(store, user_id="user-bob") == []
+
+
+async def test_hostile_ids_and_filters_are_data_not_sql(store: Store) -> None:
+    hostile = "x'; DROP TABLE environments; --"
+    await store.register(ALICE, request(hostile), NOW)
+    await store.register(BOB, request("dev-2"), NOW)
+    assert await page(store, user_id="' OR '1'='1") == []
+    assert await page(store, user_id="%") == []
+    assert await page(store) == [hostile, "dev-2"]
+    found = await store.get_by_device("org-a", hostile)
+    assert found is not None and found.device_id == hostile
+
+
+async def test_keys_carry_a_role_and_old_keys_are_members(store: Store) -> None:
+    admin = await create_key(store, ApiKey("org-x", "u3", "Ops", "admin"))
+    plain = await create_key(store, ApiKey("org-x", "u2", None))
+    assert await store.find_key(hash_key(admin)) == ApiKey("org-x", "u3", "Ops", "admin")
+    assert await store.find_key(hash_key(plain)) == ApiKey("org-x", "u2", None, "member")
+    listed = [(k.key.user_id, k.key.role, k.fingerprint) for k in await store.list_keys()]
+    assert ("u3", "admin", hash_key(admin)[:12]) in listed
+    assert ("u2", "member", hash_key(plain)[:12]) in listed
+
+
+@pytest.mark.parametrize(
+    ("location", "shown"),
+    [
+        ("postgresql://u:secret@db.example:5432/fleet", "postgresql://u@db.example:5432/fleet"),
+        (
+            "postgres://u:secret@[::1]/fleet?sslmode=require",
+            "postgres://u@[::1]/fleet?sslmode=require",
+        ),
+        ("postgresql://u@db/fleet", "postgresql://u@db/fleet"),
+        ("postgresql:///fleet", "postgresql:///fleet"),
+        (Path("/var/lib/envagent/platform.db"), "/var/lib/envagent/platform.db"),
+    ],
+)
+def test_a_location_is_shown_without_its_password(location: Path | str, shown: str) -> None:
+    assert describe_location(location) == shown
+    assert is_postgres(location) is isinstance(location, str)
