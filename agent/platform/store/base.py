@@ -33,6 +33,27 @@ log = logging.getLogger("envagent.platform")
 SCHEMA_VERSION = 2
 """Both backends' schemas are at this version; each has its own steps to reach it."""
 
+INDEXES = (
+    "CREATE INDEX environments_by_org ON environments (organization_id, seq)",
+    "CREATE INDEX environments_by_issued ON environments (issued_connection_id)",
+    # onlineOnly pages walk only connected rows; heartbeats do not change this index.
+    "CREATE INDEX environments_connected ON environments (organization_id, seq) "
+    "WHERE connection_id IS NOT NULL",
+)
+"""The same in both dialects."""
+
+
+def migration_steps(migrations: dict[int, tuple[str, ...]], version: int) -> tuple[str, ...]:
+    """The statements that take a database at `version` to SCHEMA_VERSION; StoreError when a
+    step is unknown (a version this backend never had)."""
+    missing = [step for step in range(version, SCHEMA_VERSION) if step not in migrations]
+    if missing:
+        raise StoreError(f"the platform database's schema version {version} is unknown")
+    return tuple(
+        statement for step in range(version, SCHEMA_VERSION) for statement in migrations[step]
+    )
+
+
 _ROW_FIELDS = (
     "id",
     "connected_at",

@@ -17,10 +17,12 @@ from typing import Any
 import asyncpg
 
 from agent.platform.store.base import (
+    INDEXES,
     SCHEMA_VERSION,
     Store,
     StoreError,
     describe_location,
+    migration_steps,
 )
 
 POOL_SIZE = 8
@@ -59,18 +61,13 @@ _SCHEMA = (
     last_seen_at         BIGINT NOT NULL,
     UNIQUE (organization_id, device_id, listener_instance_id)
 )""",
-    "CREATE INDEX environments_by_org ON environments (organization_id, seq)",
-    "CREATE INDEX environments_by_issued ON environments (issued_connection_id)",
-    "CREATE INDEX environments_connected ON environments (organization_id, seq) "
-    "WHERE connection_id IS NOT NULL",
+    *INDEXES,
 )
 """A new database, created at SCHEMA_VERSION."""
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {}
 """The statements that take a database from version N to N + 1 (none yet: PostgreSQL support
 began at version 2)."""
-
-_FIRST_VERSION = 2
 
 _TRY_AGAIN_CLASSES = ("08", "53", "57")
 """SQLSTATE classes that may pass: connection exceptions, insufficient resources (a full disk,
@@ -185,16 +182,8 @@ async def _migrate(pool: asyncpg.Pool) -> None:
             )
         if version == SCHEMA_VERSION:
             return
-        steps = _SCHEMA if version is None else _migration_steps(version)
+        steps = _SCHEMA if version is None else migration_steps(_MIGRATIONS, version)
         for statement in steps:
             await connection.execute(statement)
         await connection.execute("DELETE FROM envagent_schema")
         await connection.execute("INSERT INTO envagent_schema VALUES ($1)", SCHEMA_VERSION)
-
-
-def _migration_steps(version: int) -> tuple[str, ...]:
-    if version < _FIRST_VERSION:
-        raise StoreError(f"the platform database's schema version {version} is unknown")
-    return tuple(
-        statement for step in range(version, SCHEMA_VERSION) for statement in _MIGRATIONS[step]
-    )

@@ -17,7 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.platform.store.base import SCHEMA_VERSION, Store, StoreError
+from agent.platform.store.base import (
+    INDEXES,
+    SCHEMA_VERSION,
+    Store,
+    StoreError,
+    migration_steps,
+)
 
 T = TypeVar("T")
 
@@ -51,11 +57,7 @@ _SCHEMA = (
     last_seen_at         INTEGER NOT NULL,
     UNIQUE (organization_id, device_id, listener_instance_id)
 )""",
-    "CREATE INDEX environments_by_org ON environments (organization_id, seq)",
-    "CREATE INDEX environments_by_issued ON environments (issued_connection_id)",
-    # onlineOnly pages walk only connected rows; heartbeats do not change this index.
-    "CREATE INDEX environments_connected ON environments (organization_id, seq) "
-    "WHERE connection_id IS NOT NULL",
+    *INDEXES,
 )
 """A new database, created at SCHEMA_VERSION."""
 
@@ -151,7 +153,7 @@ def _migrate(db: sqlite3.Connection) -> None:
                 f"schema version {version} is newer than this envagent ({SCHEMA_VERSION})"
             )
         if version < SCHEMA_VERSION:
-            for statement in _SCHEMA if version == 0 else _migration_steps(version):
+            for statement in _SCHEMA if version == 0 else migration_steps(_MIGRATIONS, version):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
@@ -177,10 +179,3 @@ def _create_private(path: Path) -> None:
         os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
-
-
-def _migration_steps(version: int) -> tuple[str, ...]:
-    """The statements that take a database at `version` to SCHEMA_VERSION."""
-    return tuple(
-        statement for step in range(version, SCHEMA_VERSION) for statement in _MIGRATIONS[step]
-    )
