@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from agent.platform.access import ApiKey, Forbidden, check_may_steer
+from agent.platform.presence import Presence
 from agent.platform.settings import PlatformSettings
 from agent.platform.store.base import Store, StoreUnavailable
 from agent.protocol.constants import REPLACED_REASON
@@ -27,6 +28,7 @@ from agent.protocol.models import (
     DisconnectFrame,
     ExecuteCommandResponseFrame,
     FrameError,
+    Mode,
     PingFrame,
     PlatformFrame,
     PongFrame,
@@ -62,6 +64,8 @@ class LiveSocket:
     connection_id: str
     ws: web.WebSocketResponse
     left: bool = False
+    mode: Mode | None = None
+    """The mode the row last recorded from this socket: a ping with another is written at once."""
     bad_frames: int = 0
     awaiting: dict[str, asyncio.Future[Answer]] = field(default_factory=dict)
     """Answers awaited by `Relay.send`, by request id."""
@@ -71,6 +75,7 @@ class Relay:
     def __init__(self, store: Store, settings: PlatformSettings) -> None:
         self._store = store
         self._settings = settings
+        self.presence = Presence(store, settings.presence_interval_s)
         self._live: dict[str, LiveSocket] = {}
         self._closing: set[asyncio.Task[bool]] = set()
         self.sockets_closed = 0
@@ -155,6 +160,7 @@ class Relay:
         return live
 
     async def _left_behind(self, row_id: str, connection_id: str) -> None:
+        self.presence.forget(row_id)
         with contextlib.suppress(StoreUnavailable):  # the row goes stale: lost
             await self._store.mark_disconnected(row_id, connection_id, now_ms())
 
@@ -193,14 +199,20 @@ class Relay:
     async def _on_valid_frame(self, live: LiveSocket, frame: DaemonFrame) -> None:
         now = now_ms()
         if isinstance(frame, PingFrame):
-            await self._store.record_heartbeat(
-                live.row_id, live.connection_id, frame.current_mode, now
-            )
+            mode = frame.current_mode
+            if mode is not None and mode != live.mode:  # a change of state: written at once
+                self.presence.forget(live.row_id)
+                await self._store.record_heartbeat(live.row_id, live.connection_id, mode, now)
+                live.mode = mode
+            else:  # presence alone: batched (`presence`)
+                self.presence.heartbeat(live.row_id, live.connection_id, now)
             await live.ws.send_str(_PONG)
         elif isinstance(frame, UpdateDeviceStatusFrame):
             await self._store.apply_device_status(live.row_id, frame.device_status, now)
+            live.mode = frame.device_status.current_permission_mode or live.mode
         elif isinstance(frame, DisconnectFrame):
             live.left = True
+            self.presence.forget(live.row_id)
             await self._store.mark_disconnected(live.row_id, live.connection_id, now)
             log.info("row %s is leaving: %s", live.row_id, frame.reason[:200] or "no reason")
         else:

@@ -41,6 +41,7 @@ class PlatformServer:
         self._lock = None if is_postgres(settings.database) else DatabaseLock(settings.db)
         self._store: Store | None = None
         self._runner: web.AppRunner | None = None
+        self._presence: asyncio.Task[None] | None = None
         self.port = 0
 
     @property
@@ -79,6 +80,7 @@ class PlatformServer:
         app = build_app(store, self.settings)
         self._runner = JsonErrorRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
+        self._presence = asyncio.create_task(app[RELAY_KEY].presence.run())
         # A deep accept queue: after a restart the whole fleet reconnects within a second or so,
         # and every connection the default 128 drops waits a second for its SYN to be resent.
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, backlog=1024)
@@ -88,9 +90,14 @@ class PlatformServer:
 
     async def stop(self) -> None:
         if self._runner is not None:
+            # Every socket closed marks its row offline at once: no ping is left waiting.
             await self._runner.app[RELAY_KEY].close_all()
             await self._runner.cleanup()
             self._runner = None
+            if self._presence is not None:
+                self._presence.cancel()
+                await asyncio.gather(self._presence, return_exceptions=True)
+                self._presence = None
         if self._store is not None:
             await self._store.close()
             self._store = None

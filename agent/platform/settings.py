@@ -35,9 +35,16 @@ class PlatformSettings:
     """WebSocket-level ping period; a socket that misses the pong for half of it is dropped."""
     answer_wait_s: float = 60.0
     """How long `POST …/frames` waits for the daemon's answer to a frame with a request id."""
+    presence_flush_s: float = 1.0
+    """How often a pod writes the heartbeats it received, in one statement (`presence`); at
+    most a tenth of the online window, so that waiting never makes a row look offline."""
     max_body_bytes: int = 64 * 1024
     max_frame_bytes: int = 64 * 1024
     pod_id: str = field(default_factory=_pod_id)
+
+    @property
+    def presence_interval_s(self) -> float:
+        return min(self.presence_flush_s, self.online_window_ms / 10_000)
 
     @property
     def database(self) -> Path | str:

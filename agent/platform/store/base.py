@@ -12,6 +12,7 @@ import json
 import logging
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,15 @@ def describe_location(location: Path | str) -> str:
 
 
 @dataclass(frozen=True)
+class Heartbeat:
+    """A ping's presence, without a change of mode: written in batches (`platform.presence`)."""
+
+    row_id: str
+    connection_id: str
+    at: int
+
+
+@dataclass(frozen=True)
 class StoredKey:
     """A key as `envagent platform keys list` shows it: never the key, a prefix of its hash."""
 
@@ -166,6 +176,12 @@ class Store(ABC):
 
     @abstractmethod
     async def _all(self, sql: str, *params: Any) -> list[tuple[Any, ...]]: ...
+
+    @abstractmethod
+    async def record_heartbeats(self, beats: Sequence[Heartbeat]) -> int:
+        """Record many heartbeats in one statement (or a few, for very many); the rows changed.
+        A beat whose connection no longer holds its row changes nothing, as in
+        `record_heartbeat`."""
 
     @abstractmethod
     async def _write(self, sql: str, *params: Any) -> tuple[list[tuple[Any, ...]], int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -19,6 +19,7 @@ import asyncpg
 from agent.platform.store.base import (
     INDEXES,
     SCHEMA_VERSION,
+    Heartbeat,
     Store,
     StoreError,
     describe_location,
@@ -115,6 +116,20 @@ class PostgresStore(Store):
             rows = [tuple(row) for row in await self._run(self._pool.fetch, sql, params)]
             return rows, len(rows)
         return [], _changed(await self._run(self._pool.execute, sql, params))
+
+    async def record_heartbeats(self, beats: Sequence[Heartbeat]) -> int:
+        status = await self._run(
+            self._pool.execute,
+            "UPDATE environments SET last_heartbeat = beat.at, last_seen_at = beat.at "
+            "FROM unnest(?::text[], ?::text[], ?::bigint[]) AS beat (id, connection_id, at) "
+            "WHERE environments.id = beat.id AND environments.connection_id = beat.connection_id",
+            (
+                [beat.row_id for beat in beats],
+                [beat.connection_id for beat in beats],
+                [beat.at for beat in beats],
+            ),
+        )
+        return _changed(status)
 
     async def _run(
         self,

@@ -12,7 +12,7 @@ import asyncio
 import errno
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,12 +20,16 @@ from typing import Any, TypeVar
 from agent.platform.store.base import (
     INDEXES,
     SCHEMA_VERSION,
+    Heartbeat,
     Store,
     StoreError,
     migration_steps,
 )
 
 T = TypeVar("T")
+
+HEARTBEATS_PER_STATEMENT = 10_000
+"""Three parameters each: SQLite takes at most 32,766 in one statement."""
 
 _SCHEMA = (
     """CREATE TABLE api_keys (
@@ -112,6 +116,21 @@ class SqliteStore(Store):
 
     async def _all(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return await self._run(lambda: self._db.execute(sql, params).fetchall())
+
+    async def record_heartbeats(self, beats: Sequence[Heartbeat]) -> int:
+        changed = 0
+        for start in range(0, len(beats), HEARTBEATS_PER_STATEMENT):
+            chunk = beats[start : start + HEARTBEATS_PER_STATEMENT]
+            values = ", ".join(["(?, ?, ?)"] * len(chunk))
+            _, count = await self._write(
+                "UPDATE environments SET last_heartbeat = beat.column3, "  # noqa: S608
+                f"last_seen_at = beat.column3 FROM (VALUES {values}) AS beat "
+                "WHERE environments.id = beat.column1 "
+                "AND environments.connection_id = beat.column2",
+                *(value for b in chunk for value in (b.row_id, b.connection_id, b.at)),
+            )
+            changed += count
+        return changed
 
     async def _write(self, sql: str, *params: Any) -> tuple[list[tuple[Any, ...]], int]:
         def write() -> tuple[list[tuple[Any, ...]], int]:

@@ -13,7 +13,7 @@ import pytest
 
 from agent.platform.access import ApiKey
 from agent.platform.keys import create_key, hash_key
-from agent.platform.store.base import Store, describe_location, is_postgres
+from agent.platform.store.base import Heartbeat, Store, describe_location, is_postgres
 from agent.platform.store.opening import open_store
 from agent.protocol.models import EnvironmentRow, ListQuery, RegisterRequest
 
@@ -179,3 +179,19 @@ async def test_keys_carry_a_role_and_old_keys_are_members(store: Store) -> None:
 def test_a_location_is_shown_without_its_password(location: Path | str, shown: str) -> None:
     assert describe_location(location) == shown
     assert is_postgres(location) is isinstance(location, str)
+
+
+async def test_heartbeats_in_one_batch_skip_rows_their_socket_no_longer_holds(
+    store: Store,
+) -> None:
+    held = []
+    for n in range(3):
+        row_id, connection_id = await store.register(ALICE, request(f"dev-{n}"), NOW)
+        await store.mark_connected(row_id, connection_id, "pod", None, NOW)
+        held.append(Heartbeat(row_id, connection_id, NOW + 10 + n))
+    stale = Heartbeat(held[0].row_id, "conn-replaced", NOW + 99)
+    assert await store.record_heartbeats([*held, stale]) == 3
+    for beat in held:
+        row = await row_of(store, beat.row_id)
+        assert (row.last_heartbeat, row.last_seen_at) == (beat.at, beat.at)
+    assert await store.record_heartbeats([]) == 0

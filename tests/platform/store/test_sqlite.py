@@ -12,7 +12,8 @@ import pytest
 
 from agent.platform.access import ApiKey
 from agent.platform.keys import create_key, hash_key
-from agent.platform.store.base import SCHEMA_VERSION, StoreError
+from agent.platform.store import sqlite
+from agent.platform.store.base import SCHEMA_VERSION, Heartbeat, StoreError
 from agent.platform.store.sqlite import SqliteStore
 from agent.protocol.models import RegisterRequest
 from tests.conftest import StartPlatform
@@ -143,3 +144,22 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StoreError, match="newer than this envagent"):
         await SqliteStore.open(db)
+
+
+async def test_heartbeats_beyond_one_statement_s_parameters_go_in_several(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite, "HEARTBEATS_PER_STATEMENT", 2)
+    store = await SqliteStore.open(tmp_path / "platform.db")
+    try:
+        beats = []
+        for n in range(5):
+            request = RegisterRequest(device_id=f"dev-{n}", connection_name="d")
+            row_id, connection_id = await store.register(ALICE, request, NOW)
+            await store.mark_connected(row_id, connection_id, "pod", None, NOW)
+            beats.append(Heartbeat(row_id, connection_id, NOW + 1))
+        assert await store.record_heartbeats(beats) == 5
+        rows = [await store.get("org-a", beat.row_id) for beat in beats]
+        assert [row.last_heartbeat for row in rows if row] == [NOW + 1] * 5
+    finally:
+        await store.close()
