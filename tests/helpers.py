@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import stat
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +22,22 @@ from websockets.asyncio.client import ClientConnection
 from agent.platform.server import PlatformServer
 
 WAIT_S = 10.0
+
+AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
+NOBODY = 65534
+"""The uid of `nobody`: a user other than the one running the tests."""
+
+
+def mode_of(path: Path) -> int:
+    """The permission bits of `path` itself (a symlink's own, not its target's)."""
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def daemon_folder(root: Path) -> Path:
+    """An envagent state folder under `root` (a daemon's state home), made as envagent makes it."""
+    folder = root / "envagent"
+    folder.mkdir(parents=True, mode=0o700)
+    return folder
 
 
 T = TypeVar("T")

@@ -112,6 +112,20 @@ def _platform_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
         default=30.0,
         help="WebSocket ping period; half-open sockets are dropped after 1.5 periods",
     )
+    serve.add_argument(
+        "--pod-id",
+        help="this process's name among the pods sharing a PostgreSQL database "
+        "(default: host-pid; keep it across restarts to free its rows at once)",
+    )
+    serve.add_argument(
+        "--pod-heartbeat-s", type=positive_float, default=2.0, help="lease renewal period"
+    )
+    serve.add_argument(
+        "--pod-fence-after-s",
+        type=positive_float,
+        default=10.0,
+        help="a pod silent this long is fenced and its connections marked lost",
+    )
     serve.add_argument("--max-body-bytes", type=positive_int, default=64 * 1024)
     serve.add_argument("--max-frame-bytes", type=positive_int, default=64 * 1024)
     serve.add_argument("--debug", action="store_true", help="log every decision")

@@ -49,6 +49,9 @@ def serve_command(args: argparse.Namespace) -> int:
         transport_ping_s=args.transport_ping_s,
         max_body_bytes=args.max_body_bytes,
         max_frame_bytes=args.max_frame_bytes,
+        pod_heartbeat_s=args.pod_heartbeat_s,
+        pod_fence_after_s=args.pod_fence_after_s,
+        **({"pod_id": args.pod_id} if args.pod_id else {}),
     )
     try:
         asyncio.run(serve_forever(settings))

@@ -15,7 +15,7 @@ from agent.platform.access import ApiKey, check_may_steer
 from agent.platform.keys import hash_key
 from agent.platform.relay import NoSocket, Relay
 from agent.platform.settings import PlatformSettings
-from agent.platform.store.base import Store, UnknownCursor
+from agent.platform.store.base import Lease, Store, UnknownCursor
 from agent.platform.web_errors import json_errors
 from agent.protocol.httpapi import ApiError, bearer_token, list_query, unknown_cursor
 from agent.protocol.models import (
@@ -127,13 +127,13 @@ async def listener_socket(request: web.Request) -> web.StreamResponse:
     return await request.app[RELAY_KEY].serve(request, key)
 
 
-def build_app(store: Store, settings: PlatformSettings) -> web.Application:
+def build_app(store: Store, settings: PlatformSettings, lease: Lease) -> web.Application:
     app = web.Application(
         middlewares=[json_errors(settings.max_body_bytes)], client_max_size=settings.max_body_bytes
     )
     app[STORE_KEY] = store
     app[SETTINGS_KEY] = settings
-    app[RELAY_KEY] = Relay(store, settings)
+    app[RELAY_KEY] = Relay(store, settings, lease)
     app.router.add_post("/v1/environments/register", register)
     app.router.add_get("/v1/environments", list_environments)
     app.router.add_get("/v1/environments/{device_id}", retrieve_environment)

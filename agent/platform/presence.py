@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 
-from agent.platform.store.base import Heartbeat, Store, StoreUnavailable
+from agent.platform.store.base import Heartbeat, Lease, Store, StoreUnavailable
 
 log = logging.getLogger("envagent.platform")
 
@@ -22,8 +22,10 @@ FLUSH_S = 1.0
 
 
 class Presence:
-    def __init__(self, store: Store, flush_s: float = FLUSH_S) -> None:
+    def __init__(self, store: Store, lease: Lease, flush_s: float = FLUSH_S) -> None:
         self._store = store
+        self.lease = lease
+        """The pod's lease, renewed by the server when the pod joins again."""
         self._flush_s = flush_s
         self._pending: dict[str, Heartbeat] = {}
         self.statements = 0
@@ -50,5 +52,5 @@ class Presence:
             return
         beats, self._pending = list(self._pending.values()), {}
         with contextlib.suppress(StoreUnavailable):
-            await self._store.record_heartbeats(beats)
+            await self._store.record_heartbeats(beats, self.lease)
             self.statements += 1

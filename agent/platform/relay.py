@@ -20,7 +20,7 @@ from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from agent.platform.access import ApiKey, Forbidden, check_may_steer
 from agent.platform.presence import Presence
 from agent.platform.settings import PlatformSettings
-from agent.platform.store.base import Store, StoreUnavailable
+from agent.platform.store.base import Lease, Store, StoreUnavailable
 from agent.protocol.constants import REPLACED_REASON
 from agent.protocol.models import (
     MAX_NAME_CHARS,
@@ -42,6 +42,7 @@ log = logging.getLogger("envagent.platform")
 
 UNKNOWN_CONNECTION_REASON = "unknown or superseded connectionId: register again"
 SHUTDOWN_REASON = "platform shutting down"
+FENCED_REASON = "this platform pod lost its lease: reconnect"
 UNAVAILABLE_REASON = "the platform's database cannot take writes now: try again later"
 CLOSE_TIMEOUT_S = 2.0  # how long a closing handshake may take before the socket is dropped
 BAD_FRAMES_LOGGED = 5  # per socket; after that one line every 1000, so a noisy peer can't flood
@@ -72,10 +73,10 @@ class LiveSocket:
 
 
 class Relay:
-    def __init__(self, store: Store, settings: PlatformSettings) -> None:
+    def __init__(self, store: Store, settings: PlatformSettings, lease: Lease) -> None:
         self._store = store
         self._settings = settings
-        self.presence = Presence(store, settings.presence_interval_s)
+        self.presence = Presence(store, lease, settings.presence_interval_s)
         self._live: dict[str, LiveSocket] = {}
         self._closing: set[asyncio.Task[bool]] = set()
         self.sockets_closed = 0
@@ -139,9 +140,10 @@ class Relay:
             raise NoSocket(connection_id)
         check_may_steer(key, issued.owner_user_id, issued.row_id)
         name = (query.get("connectionName") or "")[:MAX_NAME_CHARS] or None
-        await self._store.mark_connected(
-            issued.row_id, connection_id, self._settings.pod_id, name, now_ms()
-        )
+        if not await self._store.mark_connected(
+            issued.row_id, connection_id, self.presence.lease, name, now_ms()
+        ):
+            raise StoreUnavailable("this pod was fenced: it is joining again")
         return issued.row_id
 
     def _take(self, live: LiveSocket) -> LiveSocket:
@@ -202,7 +204,9 @@ class Relay:
             mode = frame.current_mode
             if mode is not None and mode != live.mode:  # a change of state: written at once
                 self.presence.forget(live.row_id)
-                await self._store.record_heartbeat(live.row_id, live.connection_id, mode, now)
+                await self._store.record_heartbeat(
+                    live.row_id, live.connection_id, mode, now, self.presence.lease
+                )
                 live.mode = mode
             else:  # presence alone: batched (`presence`)
                 self.presence.heartbeat(live.row_id, live.connection_id, now)
@@ -258,16 +262,22 @@ class Relay:
         finally:
             live.awaiting.pop(request_id, None)
 
-    async def close_all(self) -> None:
-        """Going away (1001): daemons treat it as transient and come back."""
+    async def close_all(
+        self, code: WSCloseCode = WSCloseCode.GOING_AWAY, reason: str = SHUTDOWN_REASON
+    ) -> None:
+        """Going away (1001) unless told: daemons treat it as transient and come back."""
         sockets = list(self._live.values())
         await asyncio.gather(
-            *(
-                live.ws.close(code=WSCloseCode.GOING_AWAY, message=_reason(SHUTDOWN_REASON))
-                for live in sockets
-            ),
+            *(live.ws.close(code=code, message=_reason(reason)) for live in sockets),
             return_exceptions=True,
         )
+
+    async def rejoin(self, lease: Lease) -> None:
+        """This pod was fenced (its rows are marked lost) and joined again under `lease`: every
+        socket it holds is closed (1012), so that each daemon comes back and is online again
+        under the new lease, here or on another pod."""
+        self.presence.lease = lease
+        await self.close_all(WSCloseCode.SERVICE_RESTART, FENCED_REASON)
 
 
 async def _refuse(

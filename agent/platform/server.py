@@ -4,6 +4,7 @@ the HTTP site."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -17,9 +18,10 @@ from agent.platform.dblock import DatabaseLock
 from agent.platform.keys import ensure_dev_key
 from agent.platform.relay import Relay
 from agent.platform.settings import PlatformSettings
-from agent.platform.store.base import Store, is_postgres
+from agent.platform.store.base import Store, StoreUnavailable, is_postgres
 from agent.platform.store.opening import open_store
 from agent.platform.web_errors import JsonErrorRunner
+from agent.support.clock import now_ms
 
 log = logging.getLogger("envagent.platform")
 
@@ -42,6 +44,7 @@ class PlatformServer:
         self._store: Store | None = None
         self._runner: web.AppRunner | None = None
         self._presence: asyncio.Task[None] | None = None
+        self._pods: asyncio.Task[None] | None = None
         self.port = 0
 
     @property
@@ -71,16 +74,21 @@ class PlatformServer:
             raise
 
     async def _serve(self) -> None:
-        store = await open_store(self.settings.database)
+        settings = self.settings
+        store = await open_store(settings.database)
         self._store = store
-        stale = await store.clear_connections()
-        if stale:
-            log.info("%d rows were connected when the platform last stopped: now offline", stale)
-        await ensure_dev_key(store, self.settings.dev_key_file)
-        app = build_app(store, self.settings)
+        lease = await store.join(settings.pod_id, now_ms())
+        if self._lock is not None:  # the database's only process: no row has a socket now
+            stale = await store.clear_connections()
+            if stale:
+                log.info("%d rows were connected when the platform last stopped: offline", stale)
+        await ensure_dev_key(store, settings.dev_key_file)
+        app = build_app(store, settings, lease)
         self._runner = JsonErrorRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._presence = asyncio.create_task(app[RELAY_KEY].presence.run())
+        if self._lock is None:  # pods sharing the database keep a lease and fence the silent
+            self._pods = asyncio.create_task(self._keep_lease(app[RELAY_KEY]))
         # A deep accept queue: after a restart the whole fleet reconnects within a second or so,
         # and every connection the default 128 drops waits a second for its SYN to be resent.
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, backlog=1024)
@@ -94,15 +102,34 @@ class PlatformServer:
             await self._runner.app[RELAY_KEY].close_all()
             await self._runner.cleanup()
             self._runner = None
-            if self._presence is not None:
-                self._presence.cancel()
-                await asyncio.gather(self._presence, return_exceptions=True)
-                self._presence = None
+            for task in (self._presence, self._pods):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+            self._presence = self._pods = None
         if self._store is not None:
             await self._store.close()
             self._store = None
         if self._lock is not None:
             self._lock.release()
+
+    async def _keep_lease(self, relay: Relay) -> None:
+        """Every `pod_heartbeat_s`: renew this pod's lease (joining again, sockets closed, when
+        it was fenced), then fence every pod silent for `pod_fence_after_s`, whose rows are
+        then lost. A dead pod's rows are lost within fence_after + heartbeat seconds."""
+        settings, store = self.settings, self.store
+        while True:
+            await asyncio.sleep(settings.pod_heartbeat_s)
+            with contextlib.suppress(StoreUnavailable):  # logged by the store; next round
+                now = now_ms()
+                if not await store.renew(relay.presence.lease, now):
+                    log.warning(
+                        "pod %s was fenced (silent too long): joining again", settings.pod_id
+                    )
+                    await relay.rejoin(await store.join(settings.pod_id, now))
+                silent_since = now - int(settings.pod_fence_after_s * 1000)
+                for pod_id in await store.fence_silent(silent_since, now):
+                    log.warning("pod %s fell silent: fenced, its connections marked lost", pod_id)
 
 
 class Collector:

@@ -35,6 +35,10 @@ class PlatformSettings:
     """WebSocket-level ping period; a socket that misses the pong for half of it is dropped."""
     answer_wait_s: float = 60.0
     """How long `POST …/frames` waits for the daemon's answer to a frame with a request id."""
+    pod_heartbeat_s: float = 2.0
+    """How often a pod sharing a PostgreSQL database renews its lease and fences silent pods."""
+    pod_fence_after_s: float = 10.0
+    """Silence after which a pod is fenced and its connections marked lost."""
     presence_flush_s: float = 1.0
     """How often a pod writes the heartbeats it received, in one statement (`presence`); at
     most a tenth of the online window, so that waiting never makes a row look offline."""

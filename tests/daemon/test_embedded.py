@@ -8,7 +8,6 @@ import asyncio
 import os
 import re
 import signal
-import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,13 +20,9 @@ from agent.daemon.embedded import EmbeddedPlatformError, embedded_key_file, star
 from agent.platform.server import PlatformServer
 from agent.support.files import UnusableFile
 from agent.support.paths import state_dir
-from tests.helpers import WAIT_S, Platform
+from tests.helpers import WAIT_S, Platform, mode_of
 
 StartEmbedded = Callable[[], Awaitable[Platform]]
-
-
-def mode_of(path: Path) -> int:
-    return stat.S_IMODE(path.lstat().st_mode)
 
 
 def database() -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,10 +17,8 @@ import pytest
 from agent.daemon.lock import AlreadyRunning, InstanceLock, LockHolder, lock_path, read_holder
 from agent.support.files import UnusableFile
 from agent.support.paths import state_dir
-from tests.helpers import WAIT_S, wait_for
+from tests.helpers import AS_ROOT, NOBODY, WAIT_S, mode_of, wait_for
 
-AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
-NOBODY = 65534
 LOCAL_API = "http://127.0.0.1:4321"
 
 HOLD = """
@@ -54,10 +51,6 @@ def holder(
         instance_id=instance_id,
         local_api=local_api,
     )
-
-
-def mode_of(path: Path) -> int:
-    return stat.S_IMODE(path.lstat().st_mode)
 
 
 @pytest.fixture

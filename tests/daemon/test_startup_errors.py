@@ -15,7 +15,7 @@ import pytest
 
 from agent.support import exitcodes
 from tests.daemon_helpers import DaemonProcess, Spawn, cli, kill_all, start_daemon
-from tests.helpers import Platform
+from tests.helpers import AS_ROOT, Platform
 
 Setup = Callable[[Path], tuple[list[str], Path]]
 """Given the test's folder, prepares the damage; returns the daemon's arguments and the path
@@ -80,9 +80,6 @@ def state_folder_of_another_user(tmp_path: Path) -> tuple[list[str], Path]:
     folder = state_folder(tmp_path)
     os.chown(folder, 65534, 65534)
     return [], folder
-
-
-AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a folder to another")
 
 
 def assert_one_line(daemon: DaemonProcess, path: Path) -> str:

@@ -20,10 +20,7 @@ from agent.protocol.httpapi import ClientError
 from agent.support.files import write_private
 from agent.support.paths import state_dir
 from tests.daemon_helpers import Spawn, online
-from tests.helpers import Platform, free_port
-
-AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
-NOBODY = 65534
+from tests.helpers import AS_ROOT, NOBODY, Platform, free_port
 
 T = TypeVar("T")
 

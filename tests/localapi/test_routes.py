@@ -40,13 +40,11 @@ from agent.protocol.models import (
 from agent.support.clock import now_ms
 from agent.support.files import UnusableFile
 from agent.support.paths import state_dir
-from tests.helpers import WAIT_S
+from tests.helpers import AS_ROOT, NOBODY, WAIT_S, daemon_folder, mode_of
 
 TOKEN = secrets.token_urlsafe(32)
 NOW = 1_700_000_000_000
 REFUSED_MODE = "changing the mode needs the local API token: Authorization: Bearer <token>"
-AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
-NOBODY = 65534
 
 
 def own_row(**fields: object) -> EnvironmentRow:
@@ -130,17 +128,6 @@ async def serve() -> AsyncIterator[Serve]:
 
 def bearer(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def mode_of(path: Path) -> int:
-    return stat.S_IMODE(path.lstat().st_mode)
-
-
-def daemon_folder(root: Path) -> Path:
-    """An envagent state folder under `root`, made as envagent makes it."""
-    folder = root / "envagent"
-    folder.mkdir(parents=True, mode=0o700)
-    return folder
 
 
 # --- the mode and its token ------------------------------------------------------------------

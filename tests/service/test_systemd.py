@@ -27,6 +27,7 @@ from agent.service.plan import MakeDir, RemoveFile, Run, Step, WriteFile
 from agent.service.systemd import SYSTEM_ENV_FILE, UNIT, Systemd
 from agent.service.target import ServiceError, ServiceSpec, Target
 from agent.support import exitcodes
+from tests.helpers import NOBODY
 from tests.service.service_helpers import (
     CLI_TIMEOUT_S,
     ENVAGENT,
@@ -283,7 +284,6 @@ def test_a_path_with_a_line_end_where_no_escape_exists_is_refused(
 # systemd's own parser: `systemd --test` loads the unit and dumps it as it would run it.
 
 SYSTEMD = shutil.which("systemd", path="/lib/systemd:/usr/lib/systemd")
-NOBODY = 65534
 SUPPORTING_UNITS = ("sysinit.target", "basic.target", "shutdown.target", "-.slice", "system.slice")
 """What a service's default dependencies need, for a unit folder holding nothing else."""
 _DUMP_WORD = re.compile(r'"((?:[^"\\]|\\.)*)"|([^\s"]+)')

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import stat
 from pathlib import Path
 
 import httpx
@@ -19,21 +18,7 @@ from agent.support import exitcodes
 from agent.support.files import UnusableFile, private_dir
 from agent.support.paths import state_dir
 from tests.daemon_helpers import DaemonProcess, Spawn
-from tests.helpers import WAIT_S, Platform
-
-AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another user")
-NOBODY = 65534
-
-
-def mode_of(path: Path) -> int:
-    return stat.S_IMODE(path.lstat().st_mode)
-
-
-def daemon_folder(root: Path) -> Path:
-    """The state folder of a daemon spawned with state `root`, made as envagent makes it."""
-    folder = root / "envagent"
-    folder.mkdir(parents=True, mode=0o700)
-    return folder
+from tests.helpers import AS_ROOT, NOBODY, WAIT_S, Platform, daemon_folder, mode_of
 
 
 async def put_mode(daemon: DaemonProcess, token: str) -> int:

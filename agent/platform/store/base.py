@@ -31,8 +31,16 @@ from agent.protocol.models import (
 
 log = logging.getLogger("envagent.platform")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Both backends' schemas are at this version; each has its own steps to reach it."""
+
+PODS_TABLE = """CREATE TABLE pods (
+    id           TEXT PRIMARY KEY,
+    generation   BIGINT NOT NULL,  -- raised at each join and each fencing: the lease
+    heartbeat_at BIGINT NOT NULL,
+    fenced_at    BIGINT            -- NULL while the pod's lease holds
+)"""
+"""The platform processes sharing the database (version 3), the same in both dialects."""
 
 INDEXES = (
     "CREATE INDEX environments_by_org ON environments (organization_id, seq)",
@@ -42,6 +50,10 @@ INDEXES = (
     "WHERE connection_id IS NOT NULL",
 )
 """The same in both dialects."""
+
+
+LEASE_HOLDS = "EXISTS (SELECT 1 FROM pods WHERE pods.id = ? AND pods.generation = ?)"
+"""The condition every presence write carries: the writing pod's lease is current."""
 
 
 def migration_steps(migrations: dict[int, tuple[str, ...]], version: int) -> tuple[str, ...]:
@@ -94,6 +106,15 @@ def describe_location(location: Path | str) -> str:
     host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     return parts._replace(netloc=f"{user}{host}{port}").geturl()
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A pod's right to write presence: its id and the generation it joined with. Fencing raises
+    the generation, so every write carrying the old one changes nothing."""
+
+    pod_id: str
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -178,10 +199,10 @@ class Store(ABC):
     async def _all(self, sql: str, *params: Any) -> list[tuple[Any, ...]]: ...
 
     @abstractmethod
-    async def record_heartbeats(self, beats: Sequence[Heartbeat]) -> int:
+    async def record_heartbeats(self, beats: Sequence[Heartbeat], lease: Lease) -> int:
         """Record many heartbeats in one statement (or a few, for very many); the rows changed.
         A beat whose connection no longer holds its row changes nothing, as in
-        `record_heartbeat`."""
+        `record_heartbeat`, and none does once `lease` is fenced."""
 
     @abstractmethod
     async def _write(self, sql: str, *params: Any) -> tuple[list[tuple[Any, ...]], int]:
@@ -282,34 +303,88 @@ class Store(ABC):
         return IssuedConnection(*found) if found else None
 
     async def mark_connected(
-        self, row_id: str, connection_id: str, pod_id: str, connection_name: str | None, now: int
-    ) -> None:
-        """The socket opening counts as the first heartbeat: online at once."""
-        await self._write(
-            "UPDATE environments SET connection_id = ?, connected_at = ?, last_heartbeat = ?, "
+        self, row_id: str, connection_id: str, lease: Lease, connection_name: str | None, now: int
+    ) -> bool:
+        """The socket opening counts as the first heartbeat: online at once. False (nothing
+        written) when `lease` is fenced."""
+        _, changed = await self._write(
+            "UPDATE environments SET connection_id = ?, connected_at = ?, last_heartbeat = ?, "  # noqa: S608
             "last_seen_at = ?, pod_id = ?, connection_name = COALESCE(?, connection_name) "
-            "WHERE id = ?",
+            f"WHERE id = ? AND {LEASE_HOLDS}",
             connection_id,
             now,
             now,
             now,
-            pod_id,
+            lease.pod_id,
             connection_name,
             row_id,
+            lease.pod_id,
+            lease.generation,
         )
+        return changed > 0
 
     async def record_heartbeat(
-        self, row_id: str, connection_id: str, mode: Mode | None, now: int
+        self, row_id: str, connection_id: str, mode: Mode | None, now: int, lease: Lease
     ) -> None:
         await self._write(
-            "UPDATE environments SET last_heartbeat = ?, last_seen_at = ?, "
-            "current_mode = COALESCE(?, current_mode) WHERE id = ? AND connection_id = ?",
+            "UPDATE environments SET last_heartbeat = ?, last_seen_at = ?, "  # noqa: S608
+            "current_mode = COALESCE(?, current_mode) WHERE id = ? AND connection_id = ? "
+            f"AND {LEASE_HOLDS}",
             now,
             now,
             mode,
             row_id,
             connection_id,
+            lease.pod_id,
+            lease.generation,
         )
+
+    # --- pods ------------------------------------------------------------------------------
+
+    async def join(self, pod_id: str, now: int) -> Lease:
+        """Take a new lease for this pod (a restart of the same id supersedes the old one) and
+        mark the rows its earlier life held offline: no socket of that life is open now."""
+        [(generation,)], _ = await self._write(
+            "INSERT INTO pods (id, generation, heartbeat_at) VALUES (?, 1, ?) "
+            "ON CONFLICT (id) DO UPDATE SET generation = pods.generation + 1, "
+            "heartbeat_at = excluded.heartbeat_at, fenced_at = NULL RETURNING generation",
+            pod_id,
+            now,
+        )
+        await self._release_rows(pod_id)
+        return Lease(pod_id, generation)
+
+    async def renew(self, lease: Lease, now: int) -> bool:
+        """The pod's heartbeat; False when it was fenced meanwhile (it must join again)."""
+        _, changed = await self._write(
+            "UPDATE pods SET heartbeat_at = ? WHERE id = ? AND generation = ? "
+            "AND fenced_at IS NULL",
+            now,
+            lease.pod_id,
+            lease.generation,
+        )
+        return changed > 0
+
+    async def fence_silent(self, silent_since: int, now: int) -> list[str]:
+        """Fence every pod whose last heartbeat is older than `silent_since` and mark the rows
+        it held lost; the fenced pods' ids. A fenced pod's writes change nothing any more."""
+        fenced, _ = await self._write(
+            "UPDATE pods SET generation = generation + 1, fenced_at = ? "
+            "WHERE heartbeat_at < ? AND fenced_at IS NULL RETURNING id",
+            now,
+            silent_since,
+        )
+        for (pod_id,) in fenced:
+            await self._release_rows(pod_id)
+        return [pod_id for (pod_id,) in fenced]
+
+    async def _release_rows(self, pod_id: str) -> int:
+        _, changed = await self._write(
+            "UPDATE environments SET connection_id = NULL, connected_at = NULL, pod_id = NULL "
+            "WHERE pod_id = ?",
+            pod_id,
+        )
+        return changed
 
     async def apply_device_status(self, row_id: str, status: DeviceStatus, now: int) -> None:
         """Fold what `update_device_status` reported into the row's metadata and mode."""
@@ -341,7 +416,8 @@ class Store(ABC):
         return changed > 0
 
     async def clear_connections(self) -> int:
-        """At start-up no socket is open, whatever the rows say after a crash."""
+        """At the start of a platform that is the database's only process (SQLite) no socket
+        is open, whatever the rows say after a crash."""
         _, changed = await self._write(
             "UPDATE environments SET connection_id = NULL, connected_at = NULL, pod_id = NULL "
             "WHERE connection_id IS NOT NULL OR pod_id IS NOT NULL"

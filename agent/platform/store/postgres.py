@@ -18,8 +18,11 @@ import asyncpg
 
 from agent.platform.store.base import (
     INDEXES,
+    LEASE_HOLDS,
+    PODS_TABLE,
     SCHEMA_VERSION,
     Heartbeat,
+    Lease,
     Store,
     StoreError,
     describe_location,
@@ -63,12 +66,13 @@ _SCHEMA = (
     UNIQUE (organization_id, device_id, listener_instance_id)
 )""",
     *INDEXES,
+    PODS_TABLE,
 )
 """A new database, created at SCHEMA_VERSION."""
 
-_MIGRATIONS: dict[int, tuple[str, ...]] = {}
-"""The statements that take a database from version N to N + 1 (none yet: PostgreSQL support
-began at version 2)."""
+_MIGRATIONS: dict[int, tuple[str, ...]] = {2: (PODS_TABLE,)}
+"""The statements that take a database from version N to N + 1 (PostgreSQL support began at
+version 2)."""
 
 _TRY_AGAIN_CLASSES = ("08", "53", "57")
 """SQLSTATE classes that may pass: connection exceptions, insufficient resources (a full disk,
@@ -117,16 +121,19 @@ class PostgresStore(Store):
             return rows, len(rows)
         return [], _changed(await self._run(self._pool.execute, sql, params))
 
-    async def record_heartbeats(self, beats: Sequence[Heartbeat]) -> int:
+    async def record_heartbeats(self, beats: Sequence[Heartbeat], lease: Lease) -> int:
         status = await self._run(
             self._pool.execute,
-            "UPDATE environments SET last_heartbeat = beat.at, last_seen_at = beat.at "
+            "UPDATE environments SET last_heartbeat = beat.at, last_seen_at = beat.at "  # noqa: S608
             "FROM unnest(?::text[], ?::text[], ?::bigint[]) AS beat (id, connection_id, at) "
-            "WHERE environments.id = beat.id AND environments.connection_id = beat.connection_id",
+            "WHERE environments.id = beat.id AND environments.connection_id = beat.connection_id "
+            f"AND {LEASE_HOLDS}",
             (
                 [beat.row_id for beat in beats],
                 [beat.connection_id for beat in beats],
                 [beat.at for beat in beats],
+                lease.pod_id,
+                lease.generation,
             ),
         )
         return _changed(status)

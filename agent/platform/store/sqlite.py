@@ -19,8 +19,11 @@ from typing import Any, TypeVar
 
 from agent.platform.store.base import (
     INDEXES,
+    LEASE_HOLDS,
+    PODS_TABLE,
     SCHEMA_VERSION,
     Heartbeat,
+    Lease,
     Store,
     StoreError,
     migration_steps,
@@ -62,11 +65,13 @@ _SCHEMA = (
     UNIQUE (organization_id, device_id, listener_instance_id)
 )""",
     *INDEXES,
+    PODS_TABLE,
 )
 """A new database, created at SCHEMA_VERSION."""
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE api_keys ADD COLUMN role TEXT NOT NULL DEFAULT 'member'",),
+    2: (PODS_TABLE,),
 }
 """The statements that take a database from version N to N + 1."""
 
@@ -117,7 +122,7 @@ class SqliteStore(Store):
     async def _all(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return await self._run(lambda: self._db.execute(sql, params).fetchall())
 
-    async def record_heartbeats(self, beats: Sequence[Heartbeat]) -> int:
+    async def record_heartbeats(self, beats: Sequence[Heartbeat], lease: Lease) -> int:
         changed = 0
         for start in range(0, len(beats), HEARTBEATS_PER_STATEMENT):
             chunk = beats[start : start + HEARTBEATS_PER_STATEMENT]
@@ -126,8 +131,10 @@ class SqliteStore(Store):
                 "UPDATE environments SET last_heartbeat = beat.column3, "  # noqa: S608
                 f"last_seen_at = beat.column3 FROM (VALUES {values}) AS beat "
                 "WHERE environments.id = beat.column1 "
-                "AND environments.connection_id = beat.column2",
+                f"AND environments.connection_id = beat.column2 AND {LEASE_HOLDS}",
                 *(value for b in chunk for value in (b.row_id, b.connection_id, b.at)),
+                lease.pod_id,
+                lease.generation,
             )
             changed += count
         return changed

@@ -53,18 +53,19 @@ async def row_of(store: Store, row_id: str, key: ApiKey = ALICE) -> EnvironmentR
 
 async def test_a_replaced_socket_can_no_longer_write_the_row(store: Store) -> None:
     row_id, first = await store.register(ALICE, request("dev-1"), NOW)
-    await store.mark_connected(row_id, first, "pod-1", None, NOW)
+    pod_1, pod_2 = await store.join("pod-1", NOW), await store.join("pod-2", NOW)
+    await store.mark_connected(row_id, first, pod_1, None, NOW)
     again, second = await store.register(ALICE, request("dev-1"), NOW + 1)
     assert (again, await store.find_issued("org-a", first)) == (row_id, None)  # superseded
-    await store.mark_connected(row_id, second, "pod-2", None, NOW + 2)
+    await store.mark_connected(row_id, second, pod_2, None, NOW + 2)
 
-    await store.record_heartbeat(row_id, first, "unrestricted", NOW + 3)
+    await store.record_heartbeat(row_id, first, "unrestricted", NOW + 3, pod_1)
     assert not await store.mark_disconnected(row_id, first, NOW + 4)
     row = await row_of(store, row_id)
     assert (row.connection_id, row.pod_id, row.last_heartbeat) == (second, "pod-2", NOW + 2)
     assert row.current_mode is None
 
-    await store.record_heartbeat(row_id, second, "acceptEdits", NOW + 5)
+    await store.record_heartbeat(row_id, second, "acceptEdits", NOW + 5, pod_2)
     assert (await row_of(store, row_id)).current_mode == "acceptEdits"
     assert await store.mark_disconnected(row_id, second, NOW + 6)
     assert (await row_of(store, row_id)).connection_id is None
@@ -86,7 +87,9 @@ async def test_the_online_window_at_both_ends_agrees_with_the_row_s_own_rule(
     store: Store, age_ms: int, online: bool
 ) -> None:
     row_id, connection_id = await store.register(ALICE, request("dev-1"), NOW)
-    await store.mark_connected(row_id, connection_id, "pod", None, NOW - age_ms)
+    await store.mark_connected(
+        row_id, connection_id, await store.join("pod", NOW), None, NOW - age_ms
+    )
     assert await page(store, online_only=True) == (["dev-1"] if online else [])
     assert (await row_of(store, row_id)).is_online(NOW, WINDOW_MS) is online
     assert await page(store) == ["dev-1"]
@@ -94,7 +97,7 @@ async def test_the_online_window_at_both_ends_agrees_with_the_row_s_own_rule(
 
 async def test_a_row_without_a_socket_is_never_online_whatever_its_heartbeat(store: Store) -> None:
     row_id, connection_id = await store.register(ALICE, request("dev-1"), NOW)
-    await store.mark_connected(row_id, connection_id, "pod", None, NOW)
+    await store.mark_connected(row_id, connection_id, await store.join("pod", NOW), None, NOW)
     await store.mark_disconnected(row_id, connection_id, NOW)
     assert (await row_of(store, row_id)).last_heartbeat == NOW
     assert await page(store, online_only=True) == []
@@ -184,14 +187,55 @@ def test_a_location_is_shown_without_its_password(location: Path | str, shown: s
 async def test_heartbeats_in_one_batch_skip_rows_their_socket_no_longer_holds(
     store: Store,
 ) -> None:
-    held = []
+    held, lease = [], await store.join("pod", NOW)
     for n in range(3):
         row_id, connection_id = await store.register(ALICE, request(f"dev-{n}"), NOW)
-        await store.mark_connected(row_id, connection_id, "pod", None, NOW)
+        await store.mark_connected(row_id, connection_id, lease, None, NOW)
         held.append(Heartbeat(row_id, connection_id, NOW + 10 + n))
     stale = Heartbeat(held[0].row_id, "conn-replaced", NOW + 99)
-    assert await store.record_heartbeats([*held, stale]) == 3
+    assert await store.record_heartbeats([*held, stale], lease) == 3
     for beat in held:
         row = await row_of(store, beat.row_id)
         assert (row.last_heartbeat, row.last_seen_at) == (beat.at, beat.at)
-    assert await store.record_heartbeats([]) == 0
+    assert await store.record_heartbeats([], lease) == 0
+
+
+async def test_a_pod_joining_again_supersedes_its_earlier_lease_and_frees_its_rows(
+    store: Store,
+) -> None:
+    first = await store.join("pod-a", NOW)
+    other = await store.join("pod-b", NOW)
+    mine, mine_connection = await store.register(ALICE, request("dev-a"), NOW)
+    theirs, their_connection = await store.register(ALICE, request("dev-b"), NOW)
+    assert await store.mark_connected(mine, mine_connection, first, None, NOW)
+    assert await store.mark_connected(theirs, their_connection, other, None, NOW)
+    again = await store.join("pod-a", NOW + 1)  # a restart of pod-a
+    assert (first.generation, again.generation) == (1, 2)
+    assert (await row_of(store, mine)).connection_id is None, "its earlier life's rows"
+    assert (await row_of(store, theirs)).connection_id == their_connection, "not another's"
+    assert not await store.renew(first, NOW + 2)
+    assert not await store.mark_connected(mine, mine_connection, first, None, NOW + 2)
+    assert await store.renew(again, NOW + 2)
+
+
+async def test_a_silent_pod_is_fenced_once_and_can_write_nothing_after(store: Store) -> None:
+    silent = await store.join("pod-silent", NOW)
+    alive = await store.join("pod-alive", NOW)
+    row_id, connection_id = await store.register(ALICE, request("dev-1"), NOW)
+    await store.mark_connected(row_id, connection_id, silent, None, NOW)
+    assert await store.renew(alive, NOW + 5_000)
+    assert await store.fence_silent(NOW + 1_000, NOW + 5_000) == ["pod-silent"]
+    assert await store.fence_silent(NOW + 1_000, NOW + 6_000) == [], "fenced once"
+    row = await row_of(store, row_id)
+    assert (row.connection_id, row.pod_id) == (None, None)
+    # It comes back and writes as if nothing happened: nothing changes.
+    assert not await store.renew(silent, NOW + 7_000)
+    assert not await store.mark_connected(row_id, connection_id, silent, None, NOW + 7_000)
+    await store.record_heartbeat(row_id, connection_id, "acceptEdits", NOW + 7_000, silent)
+    beat = Heartbeat(row_id, connection_id, NOW + 7_000)
+    assert await store.record_heartbeats([beat], silent) == 0
+    row = await row_of(store, row_id)
+    assert (row.connection_id, row.current_mode, row.last_heartbeat) == (None, None, NOW)
+    # Joined again, it may serve the daemon that comes back to it.
+    back = await store.join("pod-silent", NOW + 8_000)
+    assert await store.mark_connected(row_id, connection_id, back, None, NOW + 8_000)

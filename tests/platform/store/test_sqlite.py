@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import stat
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,10 @@ from agent.platform.store.base import SCHEMA_VERSION, Heartbeat, StoreError
 from agent.platform.store.sqlite import SqliteStore
 from agent.protocol.models import RegisterRequest
 from tests.conftest import StartPlatform
-from tests.helpers import FakeDaemon, open_socket
+from tests.helpers import FakeDaemon, mode_of, open_socket
 
 ALICE = ApiKey("org-a", "user-alice", "Alice")
 NOW = 1_700_000_000_000
-
-
-def mode_of(path: Path) -> int:
-    return stat.S_IMODE(path.lstat().st_mode)
 
 
 async def test_the_database_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
@@ -152,13 +147,13 @@ async def test_heartbeats_beyond_one_statement_s_parameters_go_in_several(
     monkeypatch.setattr(sqlite, "HEARTBEATS_PER_STATEMENT", 2)
     store = await SqliteStore.open(tmp_path / "platform.db")
     try:
-        beats = []
+        beats, lease = [], await store.join("pod", NOW)
         for n in range(5):
             request = RegisterRequest(device_id=f"dev-{n}", connection_name="d")
             row_id, connection_id = await store.register(ALICE, request, NOW)
-            await store.mark_connected(row_id, connection_id, "pod", None, NOW)
+            await store.mark_connected(row_id, connection_id, lease, None, NOW)
             beats.append(Heartbeat(row_id, connection_id, NOW + 1))
-        assert await store.record_heartbeats(beats) == 5
+        assert await store.record_heartbeats(beats, lease) == 5
         rows = [await store.get("org-a", beat.row_id) for beat in beats]
         assert [row.last_heartbeat for row in rows if row] == [NOW + 1] * 5
     finally:
