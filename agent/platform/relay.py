@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from agent.platform.access import ApiKey, Forbidden, check_may_steer
 from agent.platform.presence import Presence
 from agent.platform.settings import PlatformSettings
-from agent.platform.store.base import Lease, Store, StoreUnavailable
+from agent.platform.store.base import Lease, Message, Store, StoreUnavailable
 from agent.protocol.constants import REPLACED_REASON
 from agent.protocol.models import (
     MAX_NAME_CHARS,
@@ -35,6 +36,7 @@ from agent.protocol.models import (
     SyncResponseFrame,
     UpdateDeviceStatusFrame,
     parse_daemon_frame,
+    parse_platform_frame,
 )
 from agent.support.clock import now_ms
 
@@ -79,6 +81,10 @@ class Relay:
         self.presence = Presence(store, lease, settings.presence_interval_s)
         self._live: dict[str, LiveSocket] = {}
         self._closing: set[asyncio.Task[bool]] = set()
+        self._remote: dict[str, asyncio.Future[Answer]] = {}
+        """Answers awaited from sockets of other pods, by request id."""
+        self._draining: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.sockets_closed = 0
         """Sockets that were open and have ended, since the start."""
 
@@ -144,6 +150,9 @@ class Relay:
             issued.row_id, connection_id, self.presence.lease, name, now_ms()
         ):
             raise StoreUnavailable("this pod was fenced: it is joining again")
+        if issued.pod_id is not None and issued.pod_id != self.pod_id:  # its old socket's pod
+            replace = Message("replace", issued.row_id, issued.live_connection_id or "")
+            self._background(self._store.post(issued.pod_id, replace))
         return issued.row_id
 
     def _take(self, live: LiveSocket) -> LiveSocket:
@@ -245,8 +254,16 @@ class Relay:
             raise NoSocket(connection_id)
         check_may_steer(key, issued.owner_user_id, issued.row_id)
         live = self._live.get(issued.row_id)
-        if live is None or live.connection_id != connection_id:
-            raise NoSocket(connection_id)
+        if live is not None and live.connection_id == connection_id:
+            return await self._ask(live, frame, wait_s)
+        holder = issued.pod_id  # another pod's socket: asked through the database
+        if holder not in (None, self.pod_id) and issued.live_connection_id == connection_id:
+            assert holder is not None
+            return await self._ask_pod(holder, issued.row_id, connection_id, frame, wait_s)
+        raise NoSocket(connection_id)
+
+    async def _ask(self, live: LiveSocket, frame: PlatformFrame, wait_s: float) -> Answer | None:
+        """Send `frame` on `live`; with a request id, its answer (None after `wait_s`)."""
         request_id = getattr(frame, "request_id", None)
         if request_id is None:
             await live.ws.send_str(frame.to_json())
@@ -261,6 +278,94 @@ class Relay:
             return None
         finally:
             live.awaiting.pop(request_id, None)
+
+    # --- frames for sockets another pod holds (docs/operations.md, "Pods") ---------------------
+
+    @property
+    def pod_id(self) -> str:
+        return self.presence.lease.pod_id
+
+    async def _ask_pod(
+        self, pod_id: str, row_id: str, connection_id: str, frame: PlatformFrame, wait_s: float
+    ) -> Answer | None:
+        """`_ask`, through the pod that holds the socket: its answer comes back the same way."""
+        request_id = getattr(frame, "request_id", None)
+        reply_to = self.pod_id if request_id is not None else None
+        message = Message("frame", row_id, connection_id, frame.to_json(), reply_to)
+        if request_id is None:
+            await self._store.post(pod_id, message)
+            return None
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._remote[request_id] = answer
+        try:
+            await self._store.post(pod_id, message)
+            async with asyncio.timeout(wait_s):
+                return await answer
+        except TimeoutError:
+            return None
+        finally:
+            self._remote.pop(request_id, None)
+
+    def wake(self) -> None:
+        """Another pod left messages: read them (once at a time, later signals coalesce)."""
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self.drain())
+
+    async def drain(self) -> None:
+        """Read and carry out what other pods left for this one. Called on every signal and,
+        in case a signal was lost, on every lease renewal."""
+        with contextlib.suppress(StoreUnavailable):  # logged by the store; read next time
+            for message in await self._store.take(self.pod_id):
+                await self._carry_out(message)
+
+    async def _carry_out(self, message: Message) -> None:
+        live = self._live.get(message.row_id)
+        if message.kind == "replace":
+            if live is not None and self._live.pop(message.row_id) is live:
+                log.info("row %s: a newer socket on another pod replaces this one", live.row_id)
+                self.presence.forget(live.row_id)
+                self._background(
+                    live.ws.close(code=WSCloseCode.OK, message=_reason(REPLACED_REASON))
+                )
+        elif message.kind == "frame":
+            if live is None or live.connection_id != message.connection_id:
+                if message.reply_to is not None:
+                    gone = Message("gone", message.row_id, message.connection_id, message.body)
+                    self._background(self._store.post(message.reply_to, gone))
+                return
+            self._background(self._answer_pod(live, message))
+        else:
+            self._settle(message)
+
+    async def _answer_pod(self, live: LiveSocket, message: Message) -> None:
+        frame = parse_platform_frame(message.body)
+        answer = await self._ask(live, frame, self._settings.answer_wait_s)
+        if answer is not None and message.reply_to is not None:
+            reply = Message("answer", message.row_id, message.connection_id, answer.to_json())
+            await self._store.post(message.reply_to, reply)
+
+    def _settle(self, message: Message) -> None:
+        """An answer (or `gone`) for a frame this pod sent to another."""
+        try:
+            frame = (
+                parse_daemon_frame(message.body)
+                if message.kind == "answer"
+                else (parse_platform_frame(message.body))
+            )
+        except FrameError:
+            return
+        waiting = self._remote.get(getattr(frame, "request_id", None) or "")
+        if waiting is None or waiting.done():
+            return
+        if message.kind == "gone":
+            waiting.set_exception(NoSocket(message.connection_id))
+        elif isinstance(frame, ExecuteCommandResponseFrame | SyncResponseFrame):
+            waiting.set_result(frame)
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close_all(
         self, code: WSCloseCode = WSCloseCode.GOING_AWAY, reason: str = SHUTDOWN_REASON

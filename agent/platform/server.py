@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -45,6 +46,7 @@ class PlatformServer:
         self._runner: web.AppRunner | None = None
         self._presence: asyncio.Task[None] | None = None
         self._pods: asyncio.Task[None] | None = None
+        self._stop_listening: Callable[[], Awaitable[None]] | None = None
         self.port = 0
 
     @property
@@ -87,8 +89,11 @@ class PlatformServer:
         self._runner = JsonErrorRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._presence = asyncio.create_task(app[RELAY_KEY].presence.run())
-        if self._lock is None:  # pods sharing the database keep a lease and fence the silent
-            self._pods = asyncio.create_task(self._keep_lease(app[RELAY_KEY]))
+        if self._lock is None:  # pods sharing the database: a lease, and messages between them
+            relay = app[RELAY_KEY]
+            self._stop_listening = await store.listen(settings.pod_id, relay.wake)
+            relay.wake()  # what was left while this pod was away
+            self._pods = asyncio.create_task(self._keep_lease(relay))
         # A deep accept queue: after a restart the whole fleet reconnects within a second or so,
         # and every connection the default 128 drops waits a second for its SYN to be resent.
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, backlog=1024)
@@ -107,6 +112,9 @@ class PlatformServer:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
             self._presence = self._pods = None
+        if self._stop_listening is not None:
+            await self._stop_listening()
+            self._stop_listening = None
         if self._store is not None:
             await self._store.close()
             self._store = None
@@ -127,6 +135,7 @@ class PlatformServer:
                         "pod %s was fenced (silent too long): joining again", settings.pod_id
                     )
                     await relay.rejoin(await store.join(settings.pod_id, now))
+                await relay.drain()  # a signal lost with a listening connection is not a loss
                 silent_since = now - int(settings.pod_fence_after_s * 1000)
                 for pod_id in await store.fence_silent(silent_since, now):
                     log.warning("pod %s fell silent: fenced, its connections marked lost", pod_id)

@@ -12,10 +12,11 @@ import sys
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 
 from tests.conftest import StartPlatform
-from tests.helpers import WAIT_S, FakeDaemon, open_socket, wait_for
+from tests.helpers import WAIT_S, FakeDaemon, Platform, open_socket, wait_for
 
 HEARTBEAT_S = 0.1
 FENCE_AFTER_S = 1.0
@@ -94,3 +95,91 @@ async def test_a_frozen_pod_is_fenced_its_rows_lost_and_on_waking_it_lets_go(
     row = await survivor.row("dev-1")
     assert (row["podId"], row["connectionId"]) == ("pod-b", daemon.connection_id)
     await back.ws.close()
+
+
+async def _two_pods(
+    start_platform: StartPlatform, postgres_url: str, pod_a: asyncio.subprocess.Process
+) -> tuple[Platform, str]:
+    survivor = await start_platform(
+        database_url=postgres_url,
+        pod_id="pod-b",
+        pod_heartbeat_s=HEARTBEAT_S,
+        pod_fence_after_s=FENCE_AFTER_S,
+    )
+    return survivor, await _url_of(pod_a)
+
+
+async def _connect_on(pod_url: str, platform: Platform, device: str) -> FakeDaemon:
+    reply = await platform.http.post(
+        f"{pod_url}/v1/environments/register",
+        json={"deviceId": device, "connectionName": device},
+        headers=platform.auth(),
+    )
+    assert reply.status_code == 201, reply.text
+    registration = reply.json()
+    return FakeDaemon(await open_socket(registration["wsUrl"], device, platform.key), registration)
+
+
+async def test_a_frame_sent_to_another_pod_reaches_the_socket_and_its_answer_comes_back(
+    start_platform: StartPlatform, postgres_url: str, serve_pod: asyncio.subprocess.Process
+) -> None:
+    pod_b, pod_a_url = await _two_pods(start_platform, postgres_url, serve_pod)
+    daemon = await _connect_on(pod_a_url, pod_b, "dev-1")  # its socket is on pod-a
+    frames = f"{pod_b.url}/v1/environments/{daemon.connection_id}/frames"  # asked of pod-b
+
+    asked = asyncio.create_task(
+        pod_b.http.post(frames, json={"type": "sync", "request_id": "s-1"}, headers=pod_b.auth())
+    )
+    assert await daemon.receive() == {"type": "sync", "request_id": "s-1"}
+    await daemon.send({"type": "sync_response", "request_id": "s-1", "success": True})
+    answered = await asyncio.wait_for(asked, WAIT_S)
+    assert answered.status_code == 200, answered.text
+    assert answered.json() == {"type": "sync_response", "request_id": "s-1", "success": True}
+
+    change = {"type": "change_device_state", "payload": {"mode": "acceptEdits"}}
+    told = await pod_b.http.post(frames, json=change, headers=pod_b.auth())
+    assert told.status_code == 204
+    assert (await daemon.receive())["payload"] == {"mode": "acceptEdits"}
+
+    other = await pod_b.http.post(
+        f"{pod_b.url}/v1/environments/conn-unknown/frames", json=change, headers=pod_b.auth()
+    )
+    assert other.status_code == 404
+    await daemon.ws.close()
+
+
+async def test_a_new_socket_on_another_pod_closes_the_old_one_as_replaced(
+    start_platform: StartPlatform, postgres_url: str, serve_pod: asyncio.subprocess.Process
+) -> None:
+    pod_b, pod_a_url = await _two_pods(start_platform, postgres_url, serve_pod)
+    old = await _connect_on(pod_a_url, pod_b, "dev-1")
+    assert await old.ping() == {"type": "pong"}
+    on_b = urlsplit(old.registration["wsUrl"])._replace(netloc=f"127.0.0.1:{pod_b.server.port}")
+    new = FakeDaemon(await open_socket(on_b.geturl(), "dev-1", pod_b.key), old.registration)
+    await old.wait_closed()
+    assert (old.ws.close_code, old.ws.close_reason) == (1000, "Replaced by new connection")
+    assert await new.ping() == {"type": "pong"}
+    row = await pod_b.row("dev-1")
+    assert (row["podId"], row["connectionId"]) == ("pod-b", new.connection_id)
+    await new.ws.close()
+
+
+async def test_a_message_whose_signal_was_lost_is_read_at_the_next_renewal(
+    start_platform: StartPlatform, postgres_url: str, serve_pod: asyncio.subprocess.Process
+) -> None:
+    """Left in the table with no NOTIFY, as if the listening connection had been down."""
+    pod_b, pod_a_url = await _two_pods(start_platform, postgres_url, serve_pod)
+    daemon = await _connect_on(pod_a_url, pod_b, "dev-1")
+    row = await pod_b.row("dev-1")
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        await connection.execute(
+            "INSERT INTO pod_messages (pod_id, kind, row_id, connection_id, body) "
+            "VALUES ('pod-a', 'replace', $1, $2, '')",
+            row["id"],
+            daemon.connection_id,
+        )
+    finally:
+        await connection.close()
+    await daemon.wait_closed()
+    assert daemon.ws.close_code == 1000

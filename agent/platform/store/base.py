@@ -12,7 +12,7 @@ import json
 import logging
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from agent.protocol.models import (
 
 log = logging.getLogger("envagent.platform")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Both backends' schemas are at this version; each has its own steps to reach it."""
 
 PODS_TABLE = """CREATE TABLE pods (
@@ -148,6 +148,22 @@ class IssuedConnection:
     device_id: str
     owner_user_id: str
     """The user that registered the row: only they (or an admin) may steer it."""
+    pod_id: str | None = None
+    """The pod holding the row's socket now, if any."""
+    live_connection_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    """What one pod asks of another that holds a socket: `frame` (send `body` to the socket;
+    the answer goes back to `reply_to`), `answer` (a daemon's answer, `body`), `gone` (no such
+    socket here any more), `replace` (a newer socket of the row opened elsewhere: close it)."""
+
+    kind: str
+    row_id: str
+    connection_id: str
+    body: str = ""
+    reply_to: str | None = None
 
 
 class UnknownCursor(LookupError):
@@ -295,7 +311,7 @@ class Store(ABC):
     ) -> IssuedConnection | None:
         """The row a socket with this connection id may serve, if the id is still current."""
         found = await self._one(
-            "SELECT id, device_id, COALESCE(user_id, '') FROM environments "
+            "SELECT id, device_id, COALESCE(user_id, ''), pod_id, connection_id FROM environments "
             "WHERE issued_connection_id = ? AND organization_id = ?",
             connection_id,
             organization_id,
@@ -340,6 +356,21 @@ class Store(ABC):
         )
 
     # --- pods ------------------------------------------------------------------------------
+
+    async def post(self, pod_id: str, message: Message) -> None:
+        """Leave `message` for `pod_id` and signal it. Only a database several pods share
+        has other pods to ask; SQLite's one process never calls this."""
+        raise NotImplementedError("one platform process: there is no other pod")
+
+    async def take(self, pod_id: str) -> list[Message]:
+        """The messages left for `pod_id`, oldest first, removed as they are read."""
+        raise NotImplementedError("one platform process: there is no other pod")
+
+    async def listen(
+        self, pod_id: str, signalled: Callable[[], None]
+    ) -> Callable[[], Awaitable[None]]:
+        """Call `signalled` whenever a message is left for `pod_id`; returns the way to stop."""
+        raise NotImplementedError("one platform process: there is no other pod")
 
     async def join(self, pod_id: str, now: int) -> Lease:
         """Take a new lease for this pod (a restart of the same id supersedes the old one) and

@@ -9,7 +9,9 @@ once, one after the other.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -23,6 +25,7 @@ from agent.platform.store.base import (
     SCHEMA_VERSION,
     Heartbeat,
     Lease,
+    Message,
     Store,
     StoreError,
     describe_location,
@@ -33,6 +36,19 @@ POOL_SIZE = 8
 """Connections a pod holds at most: statements are short, so a few serve thousands of sockets."""
 STATEMENT_TIMEOUT_S = 10.0
 MIGRATION_LOCK = 0x656E76_6167656E  # "envagen": any constant, the same in every pod
+
+MESSAGES_TABLE = """CREATE TABLE pod_messages (
+    id             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    pod_id         TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    row_id         TEXT NOT NULL,
+    connection_id  TEXT NOT NULL,
+    body           TEXT NOT NULL,
+    reply_to       TEXT
+)"""
+"""What pods leave for each other (version 4). The rows are the truth; a NOTIFY on the
+recipient's channel only says there is something to read, so a notification lost while its
+listening connection was down costs a delay (the next re-read), never a message."""
 
 _SCHEMA = (
     """CREATE TABLE api_keys (
@@ -67,10 +83,11 @@ _SCHEMA = (
 )""",
     *INDEXES,
     PODS_TABLE,
+    MESSAGES_TABLE,
 )
 """A new database, created at SCHEMA_VERSION."""
 
-_MIGRATIONS: dict[int, tuple[str, ...]] = {2: (PODS_TABLE,)}
+_MIGRATIONS: dict[int, tuple[str, ...]] = {2: (PODS_TABLE,), 3: (MESSAGES_TABLE,)}
 """The statements that take a database from version N to N + 1 (PostgreSQL support began at
 version 2)."""
 
@@ -138,6 +155,51 @@ class PostgresStore(Store):
         )
         return _changed(status)
 
+    async def post(self, pod_id: str, message: Message) -> None:
+        await self._run(
+            self._pool.execute,
+            "WITH posted AS (INSERT INTO pod_messages (pod_id, kind, row_id, connection_id, body, "
+            "reply_to) VALUES (?, ?, ?, ?, ?, ?) RETURNING 1) "
+            "SELECT pg_notify(?, '') FROM posted",
+            (
+                pod_id,
+                message.kind,
+                message.row_id,
+                message.connection_id,
+                message.body,
+                message.reply_to,
+                _channel(pod_id),
+            ),
+        )
+
+    async def take(self, pod_id: str) -> list[Message]:
+        rows = await self._run(
+            self._pool.fetch,
+            "DELETE FROM pod_messages WHERE pod_id = ? "
+            "RETURNING id, kind, row_id, connection_id, body, reply_to",
+            (pod_id,),
+        )
+        return [Message(*tuple(row)[1:]) for row in sorted(rows, key=lambda row: row[0])]
+
+    async def listen(
+        self, pod_id: str, signalled: Callable[[], None]
+    ) -> Callable[[], Awaitable[None]]:
+        """A connection of its own, out of the pool, LISTENing on the pod's channel."""
+        connection = await self._pool.acquire()
+        channel = _channel(pod_id)
+
+        def heard(*_: object) -> None:
+            signalled()
+
+        await connection.add_listener(channel, heard)
+
+        async def stop() -> None:
+            with contextlib.suppress(*_CONNECTION_FAILURES):
+                await connection.remove_listener(channel, heard)
+            await self._pool.release(connection)
+
+        return stop
+
     async def _run(
         self,
         call: Callable[..., Awaitable[Any]],
@@ -181,6 +243,11 @@ def _numbered(sql: str) -> str:
     """`?` placeholders as `$1`, `$2`… (the shared SQL has no `?` inside a literal)."""
     count = iter(range(1, sql.count("?") + 1))
     return re.sub(r"\?", lambda _: f"${next(count)}", sql)
+
+
+def _channel(pod_id: str) -> str:
+    """A channel name for any pod id: identifiers are at most 63 bytes."""
+    return "envagent_" + hashlib.sha256(pod_id.encode()).hexdigest()[:32]
 
 
 def _changed(status: str) -> int:

@@ -72,6 +72,7 @@ _SCHEMA = (
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE api_keys ADD COLUMN role TEXT NOT NULL DEFAULT 'member'",),
     2: (PODS_TABLE,),
+    3: (),  # version 4 added PostgreSQL's messages between pods: one process has no other
 }
 """The statements that take a database from version N to N + 1."""
 
