@@ -126,6 +126,17 @@ def _platform_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
         default=10.0,
         help="a pod silent this long is fenced and its connections marked lost",
     )
+    serve.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="pods to run on this one port (SO_REUSEPORT); needs a PostgreSQL database",
+    )
+    serve.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other platform processes (what --workers does)",
+    )
     serve.add_argument("--max-body-bytes", type=positive_int, default=64 * 1024)
     serve.add_argument("--max-frame-bytes", type=positive_int, default=64 * 1024)
     serve.add_argument("--debug", action="store_true", help="log every decision")

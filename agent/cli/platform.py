@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from agent.cli.common import fail
+from agent.cli.workers import run_workers
 from agent.platform.access import ApiKey
 from agent.platform.dblock import DatabaseInUse
 from agent.platform.keys import create_key
@@ -39,6 +40,14 @@ def _database(args: argparse.Namespace) -> Path | str:
 def serve_command(args: argparse.Namespace) -> int:
     setup_logging(debug=args.debug, human=False)
     database = _database(args)
+    if args.workers > 1:
+        if not isinstance(database, str):
+            return fail(
+                "--workers needs a PostgreSQL database (--database postgresql://…): "
+                "SQLite serves one platform process",
+                exitcodes.CONFIG,
+            )
+        return run_workers(args, database)
     settings = PlatformSettings(
         db=database if isinstance(database, Path) else default_db(),
         database_url=database if isinstance(database, str) else None,
@@ -51,6 +60,7 @@ def serve_command(args: argparse.Namespace) -> int:
         max_frame_bytes=args.max_frame_bytes,
         pod_heartbeat_s=args.pod_heartbeat_s,
         pod_fence_after_s=args.pod_fence_after_s,
+        reuse_port=args.reuse_port,
         **({"pod_id": args.pod_id} if args.pod_id else {}),
     )
     try:

@@ -4,13 +4,11 @@ the HTTP site."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -19,7 +17,7 @@ from agent.platform.dblock import DatabaseLock
 from agent.platform.keys import ensure_dev_key
 from agent.platform.relay import Relay
 from agent.platform.settings import PlatformSettings
-from agent.platform.store.base import Store, StoreUnavailable, is_postgres
+from agent.platform.store.base import Listening, Store, StoreUnavailable, is_postgres
 from agent.platform.store.opening import open_store
 from agent.platform.web_errors import JsonErrorRunner
 from agent.support.clock import now_ms
@@ -46,7 +44,7 @@ class PlatformServer:
         self._runner: web.AppRunner | None = None
         self._presence: asyncio.Task[None] | None = None
         self._pods: asyncio.Task[None] | None = None
-        self._stop_listening: Callable[[], Awaitable[None]] | None = None
+        self._listening: Listening | None = None
         self.port = 0
 
     @property
@@ -91,12 +89,18 @@ class PlatformServer:
         self._presence = asyncio.create_task(app[RELAY_KEY].presence.run())
         if self._lock is None:  # pods sharing the database: a lease, and messages between them
             relay = app[RELAY_KEY]
-            self._stop_listening = await store.listen(settings.pod_id, relay.wake)
+            self._listening = await store.listen(settings.pod_id, relay.wake)
             relay.wake()  # what was left while this pod was away
             self._pods = asyncio.create_task(self._keep_lease(relay))
         # A deep accept queue: after a restart the whole fleet reconnects within a second or so,
         # and every connection the default 128 drops waits a second for its SYN to be resent.
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, backlog=1024)
+        site = web.TCPSite(
+            self._runner,
+            self.settings.host,
+            self.settings.port,
+            backlog=1024,
+            reuse_port=self.settings.reuse_port or None,
+        )
         await site.start()
         self.port = self._runner.addresses[0][1]
         log.info("platform %s listening on %s", self.settings.pod_id, self.url)
@@ -112,9 +116,9 @@ class PlatformServer:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
             self._presence = self._pods = None
-        if self._stop_listening is not None:
-            await self._stop_listening()
-            self._stop_listening = None
+        if self._listening is not None:
+            await self._listening.stop()
+            self._listening = None
         if self._store is not None:
             await self._store.close()
             self._store = None
@@ -125,20 +129,34 @@ class PlatformServer:
         """Every `pod_heartbeat_s`: renew this pod's lease (joining again, sockets closed, when
         it was fenced), then fence every pod silent for `pod_fence_after_s`, whose rows are
         then lost. A dead pod's rows are lost within fence_after + heartbeat seconds."""
-        settings, store = self.settings, self.store
         while True:
-            await asyncio.sleep(settings.pod_heartbeat_s)
-            with contextlib.suppress(StoreUnavailable):  # logged by the store; next round
-                now = now_ms()
-                if not await store.renew(relay.presence.lease, now):
-                    log.warning(
-                        "pod %s was fenced (silent too long): joining again", settings.pod_id
-                    )
-                    await relay.rejoin(await store.join(settings.pod_id, now))
-                await relay.drain()  # a signal lost with a listening connection is not a loss
-                silent_since = now - int(settings.pod_fence_after_s * 1000)
-                for pod_id in await store.fence_silent(silent_since, now):
-                    log.warning("pod %s fell silent: fenced, its connections marked lost", pod_id)
+            await asyncio.sleep(self.settings.pod_heartbeat_s)
+            try:
+                await self._renew_round(relay)
+            except StoreUnavailable:  # logged by the store; next round
+                pass
+            except Exception:  # a bug must not end the pod's lease: said loudly, then on
+                log.exception("pod %s: the lease round failed", self.settings.pod_id)
+
+    async def _renew_round(self, relay: Relay) -> None:
+        """One round: the lease, the listening connection, the messages, the silent pods."""
+        settings, store = self.settings, self.store
+        now = now_ms()
+        if not await store.renew(relay.presence.lease, now):
+            log.warning("pod %s was fenced (silent too long): joining again", settings.pod_id)
+            await relay.rejoin(await store.join(settings.pod_id, now))
+        if self._listening is not None and not self._listening.alive():
+            log.warning(
+                "pod %s: its listening connection was dropped: listening again",
+                settings.pod_id,
+            )
+            await self._listening.stop()
+            self._listening = None
+            self._listening = await store.listen(settings.pod_id, relay.wake)
+        await relay.drain()  # a signal lost with a listening connection is not a loss
+        silent_since = now - int(settings.pod_fence_after_s * 1000)
+        for pod_id in await store.fence_silent(silent_since, now):
+            log.warning("pod %s fell silent: fenced, its connections marked lost", pod_id)
 
 
 class Collector:

@@ -45,6 +45,8 @@ class PlatformSettings:
     max_body_bytes: int = 64 * 1024
     max_frame_bytes: int = 64 * 1024
     pod_id: str = field(default_factory=_pod_id)
+    reuse_port: bool = False
+    """Share the port with other platform processes (SO_REUSEPORT): what `--workers` does."""
 
     @property
     def presence_interval_s(self) -> float:

@@ -183,3 +183,37 @@ async def test_a_message_whose_signal_was_lost_is_read_at_the_next_renewal(
         await connection.close()
     await daemon.wait_closed()
     assert daemon.ws.close_code == 1000
+
+
+async def test_a_dropped_listening_connection_is_replaced(
+    start_platform: StartPlatform, postgres_url: str, serve_pod: asyncio.subprocess.Process
+) -> None:
+    pod_b, pod_a_url = await _two_pods(start_platform, postgres_url, serve_pod)
+    daemon = await _connect_on(pod_a_url, pod_b, "dev-1")
+    connection = await asyncpg.connect(postgres_url)
+    listeners = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND query LIKE 'LISTEN%' ORDER BY pid"
+    )
+    try:
+        before = [row["pid"] for row in await connection.fetch(listeners)]
+        assert len(before) == 2, "one listening connection a pod"
+        await connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", before
+        )
+
+        async def current() -> list[int]:
+            return [row["pid"] for row in await connection.fetch(listeners)]
+
+        after = await wait_for(current, lambda pids: len(pids) == 2 and not set(pids) & set(before))
+    finally:
+        await connection.close()
+    assert len(after) == 2
+    frames = f"{pod_b.url}/v1/environments/{daemon.connection_id}/frames"
+    asked = asyncio.create_task(
+        pod_b.http.post(frames, json={"type": "sync", "request_id": "s-2"}, headers=pod_b.auth())
+    )
+    assert await daemon.receive() == {"type": "sync", "request_id": "s-2"}
+    await daemon.send({"type": "sync_response", "request_id": "s-2", "success": True})
+    assert (await asyncio.wait_for(asked, WAIT_S)).status_code == 200
+    await daemon.ws.close()

@@ -154,6 +154,14 @@ class IssuedConnection:
 
 
 @dataclass(frozen=True)
+class Listening:
+    """A pod's listening connection: `alive()` turns False when the database dropped it."""
+
+    alive: Callable[[], bool]
+    stop: Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
 class Message:
     """What one pod asks of another that holds a socket: `frame` (send `body` to the socket;
     the answer goes back to `reply_to`), `answer` (a daemon's answer, `body`), `gone` (no such
@@ -366,10 +374,8 @@ class Store(ABC):
         """The messages left for `pod_id`, oldest first, removed as they are read."""
         raise NotImplementedError("one platform process: there is no other pod")
 
-    async def listen(
-        self, pod_id: str, signalled: Callable[[], None]
-    ) -> Callable[[], Awaitable[None]]:
-        """Call `signalled` whenever a message is left for `pod_id`; returns the way to stop."""
+    async def listen(self, pod_id: str, signalled: Callable[[], None]) -> Listening:
+        """Call `signalled` whenever a message is left for `pod_id`, until stopped."""
         raise NotImplementedError("one platform process: there is no other pod")
 
     async def join(self, pod_id: str, now: int) -> Lease:

@@ -25,6 +25,7 @@ from agent.platform.store.base import (
     SCHEMA_VERSION,
     Heartbeat,
     Lease,
+    Listening,
     Message,
     Store,
     StoreError,
@@ -99,9 +100,10 @@ _TRY_AGAIN_STATES = frozenset({"25006", "40001", "40P01"})
 
 
 class PostgresStore(Store):
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         super().__init__()
         self._pool = pool
+        self._url = url
 
     @classmethod
     async def open(cls, url: str) -> PostgresStore:
@@ -120,7 +122,7 @@ class PostgresStore(Store):
         except BaseException:
             await pool.close()
             raise
-        return cls(pool)
+        return cls(pool, url)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -181,24 +183,25 @@ class PostgresStore(Store):
         )
         return [Message(*tuple(row)[1:]) for row in sorted(rows, key=lambda row: row[0])]
 
-    async def listen(
-        self, pod_id: str, signalled: Callable[[], None]
-    ) -> Callable[[], Awaitable[None]]:
-        """A connection of its own, out of the pool, LISTENing on the pod's channel."""
-        connection = await self._pool.acquire()
+    async def listen(self, pod_id: str, signalled: Callable[[], None]) -> Listening:
+        """A connection of its own, outside the pool (which would take a dropped one back),
+        LISTENing on the pod's channel."""
         channel = _channel(pod_id)
 
         def heard(*_: object) -> None:
             signalled()
 
-        await connection.add_listener(channel, heard)
+        try:
+            connection = await asyncpg.connect(self._url, command_timeout=STATEMENT_TIMEOUT_S)
+            await connection.add_listener(channel, heard)
+        except _CONNECTION_FAILURES as exc:
+            raise self._unavailable(repr(exc), "listen") from None
 
         async def stop() -> None:
             with contextlib.suppress(*_CONNECTION_FAILURES):
-                await connection.remove_listener(channel, heard)
-            await self._pool.release(connection)
+                await connection.close(timeout=STATEMENT_TIMEOUT_S)
 
-        return stop
+        return Listening(alive=lambda: not connection.is_closed(), stop=stop)
 
     async def _run(
         self,
