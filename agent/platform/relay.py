@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -268,18 +268,11 @@ class Relay:
         if request_id is None:
             await live.ws.send_str(frame.to_json())
             return None
-        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        live.awaiting[request_id] = answer
-        try:
-            await live.ws.send_str(frame.to_json())
-            async with asyncio.timeout(wait_s):
-                return await answer
-        except TimeoutError:
-            return None
-        finally:
-            live.awaiting.pop(request_id, None)
+        return await _answer_to(
+            live.awaiting, request_id, lambda: live.ws.send_str(frame.to_json()), wait_s
+        )
 
-    # --- frames for sockets another pod holds (docs/operations.md, "Pods") ---------------------
+    # --- frames for sockets another pod holds (docs/operations.md, "Storage") ---------------------
 
     @property
     def pod_id(self) -> str:
@@ -295,16 +288,9 @@ class Relay:
         if request_id is None:
             await self._store.post(pod_id, message)
             return None
-        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._remote[request_id] = answer
-        try:
-            await self._store.post(pod_id, message)
-            async with asyncio.timeout(wait_s):
-                return await answer
-        except TimeoutError:
-            return None
-        finally:
-            self._remote.pop(request_id, None)
+        return await _answer_to(
+            self._remote, request_id, lambda: self._store.post(pod_id, message), wait_s
+        )
 
     def wake(self) -> None:
         """Another pod left messages: read them (once at a time, later signals coalesce)."""
@@ -383,6 +369,26 @@ class Relay:
         under the new lease, here or on another pod."""
         self.presence.lease = lease
         await self.close_all(WSCloseCode.SERVICE_RESTART, FENCED_REASON)
+
+
+async def _answer_to(
+    waiting: dict[str, asyncio.Future[Answer]],
+    request_id: str,
+    send: Callable[[], Awaitable[None]],
+    wait_s: float,
+) -> Answer | None:
+    """Send, then the answer to `request_id` (settled through `waiting` by whoever reads it),
+    or None after `wait_s`."""
+    answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+    waiting[request_id] = answer
+    try:
+        await send()
+        async with asyncio.timeout(wait_s):
+            return await answer
+    except TimeoutError:
+        return None
+    finally:
+        waiting.pop(request_id, None)
 
 
 async def _refuse(
