@@ -10,13 +10,15 @@ import re
 import signal
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
 from tests.conftest import StartPlatform
-from tests.helpers import WAIT_S, FakeDaemon, Platform, open_socket, wait_for
+from tests.daemon_helpers import Spawn, online
+from tests.helpers import WAIT_S, FakeDaemon, Platform, free_port, open_socket, wait_for
 
 HEARTBEAT_S = 0.1
 FENCE_AFTER_S = 1.0
@@ -217,3 +219,57 @@ async def test_a_dropped_listening_connection_is_replaced(
     await daemon.send({"type": "sync_response", "request_id": "s-2", "success": True})
     assert (await asyncio.wait_for(asked, WAIT_S)).status_code == 200
     await daemon.ws.close()
+
+
+async def _pod_process(postgres_url: str, port: int, pod_id: str) -> asyncio.subprocess.Process:
+    pod = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "platform", "serve", "--database", postgres_url,
+        "--port", str(port), "--reuse-port", "--pod-id", pod_id,
+        "--pod-heartbeat-s", str(HEARTBEAT_S), "--pod-fence-after-s", str(FENCE_AFTER_S),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    await _url_of(pod)
+    return pod
+
+
+async def test_real_daemons_of_a_pod_killed_with_sigkill_come_back_through_the_other(
+    start_platform: StartPlatform, postgres_url: str, spawn: Spawn
+) -> None:
+    """Two pod processes on one port, as behind a load balancer; no row lost or duplicated."""
+    keys = await start_platform(database_url=postgres_url, pod_id="keys")  # makes the key
+    await keys.server.stop()
+    port = free_port()
+    pods = {name: await _pod_process(postgres_url, port, name) for name in ("pod-a", "pod-b")}
+    try:
+        url = f"http://127.0.0.1:{port}"
+        daemons = [await spawn(url, keys.key, state=f"d{n}", instance=f"i{n}") for n in range(8)]
+        statuses = [await daemon.wait_status(online) for daemon in daemons]
+
+        async def rows() -> list[dict[str, Any]]:
+            reply = await keys.http.get(
+                f"{url}/v1/environments", params={"limit": "100"}, headers=keys.auth()
+            )
+            found: list[dict[str, Any]] = reply.json()["connections"]
+            return found
+
+        before = await wait_for(rows, lambda found: all(r["podId"] for r in found))
+        assert len(before) == 8
+        held = {row["podId"] for row in before}
+        victim = "pod-a" if "pod-a" in held else "pod-b"
+        pods[victim].kill()
+        await pods[victim].wait()
+        moved = {row["deviceId"] for row in before if row["podId"] == victim}
+        for daemon, status in zip(daemons, statuses, strict=True):
+            if status["deviceId"] in moved:  # back with the connection id it had
+                back = await daemon.wait_status(lambda s: online(s) and s["connects"] >= 2)
+                assert back["registrations"] == 1
+        after = await wait_for(
+            rows, lambda found: all(r["connectionId"] and r["podId"] != victim for r in found)
+        )
+        assert sorted(r["id"] for r in after) == sorted(r["id"] for r in before)
+        assert sorted(r["firstSeenAt"] for r in after) == sorted(r["firstSeenAt"] for r in before)
+    finally:
+        for pod in pods.values():
+            if pod.returncode is None:
+                pod.kill()
+                await pod.wait()
