@@ -174,6 +174,14 @@ class PostgresStore(Store):
             ),
         )
 
+    async def fence_silent(self, silent_since: int, now: int) -> list[str]:
+        """As for any store, and what was left for the fenced pods goes: its askers time out,
+        and a pod that joins again starts with no stale orders."""
+        fenced = await super().fence_silent(silent_since, now)
+        if fenced:
+            await self._write("DELETE FROM pod_messages WHERE pod_id = ANY(?::text[])", fenced)
+        return fenced
+
     async def take(self, pod_id: str) -> list[Message]:
         rows = await self._run(
             self._pool.fetch,

@@ -14,6 +14,7 @@ import pytest
 from agent.platform.access import ApiKey
 from agent.platform.store.base import (
     SCHEMA_VERSION,
+    Message,
     StoreError,
     StoreUnavailable,
     describe_location,
@@ -116,3 +117,18 @@ async def test_an_unreachable_database_is_one_line_without_the_password() -> Non
     assert "hunter2" not in message and "\n" not in message
     assert message.startswith(f"cannot use the platform database {describe_location(url)}: ")
     assert describe_location(url) == url.replace(":hunter2", "")
+
+
+async def test_messages_left_for_a_fenced_pod_are_dropped(postgres_url: str) -> None:
+    store = await open_store(postgres_url)
+    try:
+        await store.join("pod-gone", NOW)
+        alive = await store.join("pod-alive", NOW)
+        await store.post("pod-gone", Message("replace", "env-1", "conn-1"))
+        await store.post("pod-alive", Message("replace", "env-2", "conn-2"))
+        assert await store.renew(alive, NOW + 5_000)
+        assert await store.fence_silent(NOW + 1_000, NOW + 5_000) == ["pod-gone"]
+        assert await store.take("pod-gone") == []
+        assert await store.take("pod-alive") == [Message("replace", "env-2", "conn-2")]
+    finally:
+        await store.close()
