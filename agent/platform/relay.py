@@ -332,12 +332,9 @@ class Relay:
 
     def _settle(self, message: Message) -> None:
         """An answer (or `gone`) for a frame this pod sent to another."""
+        parse = parse_daemon_frame if message.kind == "answer" else parse_platform_frame
         try:
-            frame = (
-                parse_daemon_frame(message.body)
-                if message.kind == "answer"
-                else (parse_platform_frame(message.body))
-            )
+            frame = parse(message.body)
         except FrameError:
             return
         waiting = self._remote.get(getattr(frame, "request_id", None) or "")
@@ -351,7 +348,20 @@ class Relay:
     def _background(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None and not isinstance(failure, StoreUnavailable | ConnectionError):
+            log.warning("a message between pods failed: %r", failure)
+
+    async def quiesce(self) -> None:
+        """Before the store closes: no message is read or sent any more."""
+        pending = [*self._tasks, *([self._draining] if self._draining else [])]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def close_all(
         self, code: WSCloseCode = WSCloseCode.GOING_AWAY, reason: str = SHUTDOWN_REASON

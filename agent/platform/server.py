@@ -108,7 +108,8 @@ class PlatformServer:
     async def stop(self) -> None:
         if self._runner is not None:
             # Every socket closed marks its row offline at once: no ping is left waiting.
-            await self._runner.app[RELAY_KEY].close_all()
+            relay = self._runner.app[RELAY_KEY]
+            await relay.close_all()
             await self._runner.cleanup()
             self._runner = None
             for task in (self._presence, self._pods):
@@ -116,6 +117,7 @@ class PlatformServer:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
             self._presence = self._pods = None
+            await relay.quiesce()
         if self._listening is not None:
             await self._listening.stop()
             self._listening = None
