@@ -4,6 +4,7 @@ frames reaching daemons whichever pod holds them, and a stop that ends every pod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -28,6 +29,7 @@ async def test_workers_share_the_port_and_answer_for_each_other(
         sys.executable, "-m", "agent", "platform", "serve", "--workers", "2", "--port", "0",
         "--database", postgres_url, "--pod-id", "web",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,  # the pods too are killed at the end, whatever happens
     )  # fmt: skip
     try:
         assert supervisor.stdout is not None
@@ -70,9 +72,9 @@ async def test_workers_share_the_port_and_answer_for_each_other(
             await daemon.wait_closed()
             assert daemon.ws.close_code == 1001
     finally:
-        if supervisor.returncode is None:
-            supervisor.kill()
-            await supervisor.wait()
+        with contextlib.suppress(ProcessLookupError):  # the supervisor and its pods
+            os.killpg(supervisor.pid, signal.SIGKILL)
+        await supervisor.wait()
 
 
 async def test_workers_on_sqlite_are_refused_in_one_line(tmp_path: Path) -> None:
