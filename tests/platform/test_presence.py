@@ -6,8 +6,13 @@ from __future__ import annotations
 import asyncio
 
 from agent.platform.store.opening import open_store
+from agent.support.clock import now_ms
 from tests.conftest import StartPlatform, on_both_backends
 from tests.helpers import Platform, wait_for
+
+
+async def _clock() -> int:
+    return now_ms()
 
 
 @on_both_backends
@@ -45,7 +50,7 @@ async def test_stopping_the_platform_leaves_no_ping_behind_its_rows_offline(
     platform = await start_platform(presence_flush_s=3600.0)
     daemon = await platform.connect("dev-1")
     connected_at = (await platform.row("dev-1"))["connectedAt"]
-    await asyncio.sleep(0.01)  # a later millisecond than the connection's own heartbeat
+    await wait_for(_clock, lambda now: now > connected_at)  # a later millisecond than it
     assert await daemon.ping() == {"type": "pong"}
     assert (await platform.row("dev-1"))["lastHeartbeat"] == connected_at, "it waits"
     settings = platform.server.settings

@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.service.target import Account, Manager, ServiceSpec, Target
 
-KEY = "sk-test-0123456789abcdef"
+KEY = "fake-key-for-tests-0123"
 USER = pwd.getpwuid(os.geteuid()).pw_name
 UID = os.geteuid()
 GID = os.getegid()

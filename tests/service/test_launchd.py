@@ -239,7 +239,7 @@ def test_the_key_is_only_in_the_0600_settings_file(tmp_path: Path) -> None:
 def test_settings_come_back_exactly_from_toml(tmp_path: Path, value: str) -> None:
     file_settings: dict[str, TomlValue] = {"name": value, "heartbeat_ms": 5000, "debug": True}
 
-    key = f"sk-{value}"
+    key = f"fake-key-{value}"
     settings, parsed = settings_of(
         target(tmp_path, "launchd"), spec(tmp_path, api_key=key, file_settings=file_settings)
     )

@@ -217,7 +217,7 @@ def test_service_spec_from_flags_environment_and_config_file(
     monkeypatch.setenv("PATH", "/opt/node/bin:/usr/bin")
     config = tmp_path / "config.toml"
     config.write_text(
-        'api_key = "sk-from-file"\nmode = "acceptEdits"\nheartbeat_ms = 5000\ndebug = true\n'
+        'api_key = "fake-key-from-file"\nmode = "acceptEdits"\nheartbeat_ms = 5000\ndebug = true\n'
         f'log_file = "{tmp_path}/logs/envagent.log"\n'
     )
     environ = {"ENVAGENT_LISTENER_INSTANCE_ID": "second", "LETTA_BASE_URL": "https://x.example"}
@@ -230,9 +230,9 @@ def test_service_spec_from_flags_environment_and_config_file(
     assert made.run_flags == ("--workdir", str(tmp_path), "--name", "box one")
     assert made.config_file == config
     assert made.path == "/opt/node/bin:/usr/bin"
-    assert (made.api_key, made.base_url) == ("sk-from-file", "https://x.example")
+    assert (made.api_key, made.base_url) == ("fake-key-from-file", "https://x.example")
     assert made.file_settings == {
-        "api_key": "sk-from-file",
+        "api_key": "fake-key-from-file",
         "mode": "acceptEdits",
         "heartbeat_ms": 5000,
         "debug": True,

@@ -88,7 +88,7 @@ def test_a_registered_secret_never_reaches_a_line_of_any_format(kind: str) -> No
 def test_a_secret_the_json_format_escapes_is_redacted_too() -> None:
     """A JSON line spells a quote or a backslash escaped: the secret as given is not in it, its
     escaped spelling is."""
-    secret = 'sk-let-"quoted"\\and\\back'
+    secret = 'fake-key-"quoted"\\and\\back'
     register_secret(secret)
     line = Redactor(JsonFormatter()).format(record("key %s", secret))
     assert json.loads(line)["message"] == "key ****"
