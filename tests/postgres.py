@@ -34,7 +34,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -167,7 +167,9 @@ class PostgresServer:
         self._stopped = False
 
     @classmethod
-    def start(cls) -> PostgresServer:
+    def start(cls, settings: Mapping[str, str] | None = None) -> PostgresServer:
+        """initdb and start; `settings` are added to SETTINGS (a benchmark's preloaded
+        libraries, say)."""
         began = time.monotonic()
         bin_dir = find_bin_dir()
         user = server_user()
@@ -185,7 +187,8 @@ class PostgresServer:
             with (server.data_dir / "postgresql.conf").open("a") as conf:
                 conf.write("\n# tests/postgres.py: a throwaway server\n")
                 conf.write(f"unix_socket_directories = '{directory}'\n")
-                conf.writelines(f"{name} = {value}\n" for name, value in SETTINGS.items())
+                chosen = SETTINGS | dict(settings or {})
+                conf.writelines(f"{name} = {value}\n" for name, value in chosen.items())
             server._start_on_a_free_port()
         except BaseException:
             server.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import aiohttp
 
 from agent.localapi.routes import LocalApiAddress
 from agent.platform.settings import PlatformSettings
-from agent.protocol.models import DaemonStatus, EnvironmentList
+from agent.protocol.models import DaemonStatus, EnvironmentList, EnvironmentRow
 from tests.bench.procs import BenchError, Child, Workspace, wait_for_output
 from tests.install_helpers import ENVIRON, copy_project
 
@@ -62,7 +63,8 @@ class PlatformProcess:
     url: str
     port: int
     key: str
-    db: Path
+    database: Path | str
+    """The SQLite file, or the PostgreSQL URL."""
 
     @property
     def auth(self) -> dict[str, str]:
@@ -75,22 +77,41 @@ class PlatformProcess:
             reply.raise_for_status()
             return EnvironmentList.model_validate_json(await reply.read())
 
+    async def walk(self, http: aiohttp.ClientSession, **params: str) -> list[EnvironmentRow]:
+        """Every row the listing gives for `params`, page after page of 100."""
+        rows: list[EnvironmentRow] = []
+        while True:
+            after = {"after": rows[-1].id} if rows else {}
+            page = await self.listing(http, limit="100", **params, **after)
+            rows += page.connections
+            if not page.has_next_page:
+                return rows
+
 
 async def start_platform(
     workspace: Workspace,
-    db: Path,
+    database: Path | str,
     *,
     port: int = 0,
     heartbeat_ms: int = 30_000,
     gc_log: Path | None = None,
+    key: str | None = None,
+    name: str = "platform",
+    pod_args: Sequence[str] = (),
 ) -> PlatformProcess:
     """Start the reference platform on 127.0.0.1 and return once it accepts connections;
-    with `gc_log`, under `gc_probe`, which logs its garbage collector's pauses there."""
+    with `gc_log`, under `gc_probe`, which logs its garbage collector's pauses there.
+
+    `database` is a SQLite file, whose development key the platform writes and this reads, or
+    a PostgreSQL URL, for which `key` must be given (`create_key`); `pod_args` are the flags of
+    a pod sharing it (`--pod-id`, `--reuse-port`...)."""
+    if key is None and not isinstance(database, Path):
+        raise BenchError("a platform on PostgreSQL writes no development key: pass `key`")
     command = envagent_command()
     if gc_log is not None:
         command = [sys.executable, "-m", "tests.bench.gc_probe", str(gc_log)]
     child = await workspace.spawn(
-        "platform",
+        name,
         [
             *command,
             "platform",
@@ -99,16 +120,44 @@ async def start_platform(
             "127.0.0.1",
             "--port",
             str(port),
-            "--db",
-            str(db),
+            "--database",
+            str(database),
             "--heartbeat-ms",
             str(heartbeat_ms),
+            *pod_args,
         ],
         workspace.env(),
     )
     found = await wait_for_output(child, r"listening on (http://127\.0\.0\.1:(\d+))", START_WAIT_S)
-    key = PlatformSettings(db=db).dev_key_file.read_text().strip()
-    return PlatformProcess(child, found.group(1), int(found.group(2)), key, db)
+    if key is None:
+        assert isinstance(database, Path)
+        key = PlatformSettings(db=database).dev_key_file.read_text().strip()
+    return PlatformProcess(child, found.group(1), int(found.group(2)), key, database)
+
+
+async def create_key(workspace: Workspace, database: str, *, user: str = "bench-user") -> str:
+    """A new key of the benchmark's organization, made with `envagent platform keys create`
+    as an operator would."""
+    child = await workspace.run_to_end(
+        "create-key",
+        [
+            *envagent_command(),
+            "platform",
+            "keys",
+            "create",
+            "--database",
+            database,
+            "--org",
+            "bench-org",
+            "--user",
+            user,
+            "--owner",
+            "bench",
+        ],
+        workspace.env(),
+        START_WAIT_S,
+    )
+    return child.stdout_path.read_text().strip()
 
 
 @dataclass

@@ -3,10 +3,10 @@
 Each simulated daemon speaks the real protocol with the daemon's own pieces: it registers
 through `agent.daemon.session.register.register` (httpx, tenacity retries), opens the socket with
 `websockets` and the options `agent.daemon.session.connection` uses (no library pings, no
-compression), sends `update_device_status`, then a `ping` every period with ±10 % jitter, counts
-unanswered pings with `Watchdog`, and after losing the socket waits as `ReconnectPolicy` says
-before trying again. Only the parts that touch the machine (git, node) are left out: the platform
-cannot tell them apart.
+compression), sends `update_device_status`, then a `ping` every period with ±10 % jitter,
+answers `sync` as the daemon does, counts unanswered pings with `Watchdog`, and after losing the
+socket waits as `ReconnectPolicy` says before trying again. Only the parts that touch the
+machine (git, node) are left out: the platform cannot tell them apart.
 
 `websockets` rather than aiohttp's client: measured here with 1,000 sockets, both cost about
 12 KiB and 0.4 ms of CPU per connection and 50 µs per ping, so the daemon's own library wins.
@@ -56,6 +56,8 @@ from agent.protocol.models import (
     RegisterReply,
     RegisterRequest,
     SelfUpdate,
+    SyncFrame,
+    SyncResponseFrame,
     UpdateDeviceStatusFrame,
     parse_platform_frame,
 )
@@ -145,6 +147,7 @@ class SimDaemon:
             opened = await self._open(reply)
 
     async def _register(self) -> RegisterReply:
+        self.fleet.registering()
         request = RegisterRequest(
             device_id=self.device_id,
             connection_name=self.name,
@@ -214,19 +217,21 @@ class SimDaemon:
         return close_action(ws.close_code, ws.close_reason), connected_at
 
     async def _serve(self, ws: websockets.ClientConnection, connection_id: str) -> None:
-        status = DeviceStatus(
-            current_connection_id=connection_id,
-            connection_name=self.name,
-            is_online=True,
-            current_permission_mode="default",
-            current_working_directory=f"/home/bench/projects/project-{self.index}",
-            git_context=GitContext(branch="main"),
-            letta_code_version=__version__,
-            supported_commands=list(Commands.NAMES),
-        )
+        status = UpdateDeviceStatusFrame(
+            device_status=DeviceStatus(
+                current_connection_id=connection_id,
+                connection_name=self.name,
+                is_online=True,
+                current_permission_mode="default",
+                current_working_directory=f"/home/bench/projects/project-{self.index}",
+                git_context=GitContext(branch="main"),
+                letta_code_version=__version__,
+                supported_commands=list(Commands.NAMES),
+            )
+        ).to_json()
         heartbeat = asyncio.create_task(self._heartbeat(ws))
         try:
-            await ws.send(UpdateDeviceStatusFrame(device_status=status).to_json())
+            await ws.send(status)
             async for message in ws:
                 try:
                     frame = parse_platform_frame(message)
@@ -234,6 +239,9 @@ class SimDaemon:
                     continue
                 if isinstance(frame, PongFrame):
                     self._pong()
+                elif isinstance(frame, SyncFrame):  # as the daemon answers: status, then reply
+                    await ws.send(status)
+                    await ws.send(SyncResponseFrame(request_id=frame.request_id).to_json())
         except ConnectionClosed:
             pass
         finally:
@@ -288,6 +296,12 @@ class Fleet:
         self.storm_cpu = 0.0
         self.back: set[int] = set()
         self.last_back = 0.0
+        self.registrations = 0
+        """Since `record`: how many registrations the daemons made (a reconnect with the
+        connection id they hold needs none)."""
+
+    def registering(self) -> None:
+        self.registrations += 1
 
     def attempt(self, at: float, *, reached: bool, opened: bool) -> None:
         """An attempt that began `at` has just ended: opened, failed, or never reached."""
@@ -342,9 +356,10 @@ class Fleet:
         gc.freeze()
         return {"online": self.online, "complete": done, "seconds": seconds}
 
-    async def measure(self, window_s: float) -> dict[str, Any]:
+    async def measure(self, window_s: float, samples: bool = False) -> dict[str, Any]:
         """Pong latencies over a window, with this process's own CPU and event-loop lag, which
-        say whether the generator rather than the platform set the figure."""
+        say whether the generator rather than the platform set the figure; with `samples`,
+        every latency too (ms), for percentiles over several generators."""
         self.latencies = []
         lags: list[float] = []
         collections: list[float] = []
@@ -356,28 +371,31 @@ class Fleet:
         cpu = (time.process_time() - cpu_before) / elapsed * 100
         gc.callbacks.remove(timed)
         probe.cancel()
-        samples, self.latencies = self.latencies, None
+        latencies, self.latencies = self.latencies, None
         return {
-            "samples": len(samples),
-            "p50_ms": percentile(samples, 0.50) * 1000,
-            "p99_ms": percentile(samples, 0.99) * 1000,
-            "max_ms": max(samples, default=float("nan")) * 1000,
+            "samples": len(latencies),
+            "p50_ms": percentile(latencies, 0.50) * 1000,
+            "p99_ms": percentile(latencies, 0.99) * 1000,
+            "max_ms": max(latencies, default=float("nan")) * 1000,
             "online": self.online,
             "loadgen_cpu_pct": cpu,
             "loadgen_lag_p99_ms": percentile(lags, 0.99) * 1000,
             "loadgen_gc_longest_ms": max(collections, default=0.0) * 1000,
+            **({"latencies_ms": [round(x * 1000, 3) for x in latencies]} if samples else {}),
         }
 
     def record(self) -> dict[str, Any]:
         """From now on, log every connection attempt and which daemons have come back."""
         self.attempts, self.due, self.back = [], [], set()
+        self.registrations = 0
         self.storm_started = time.monotonic()
         self.storm_cpu = time.process_time()
         return {"started": self.storm_started}
 
-    async def until_back(self, within_s: float) -> dict[str, Any]:
-        """Wait until every daemon has connected again since `record`; return the log."""
-        size = len(self.sims)
+    async def until_back(self, within_s: float, expect: int | None = None) -> dict[str, Any]:
+        """Wait until every daemon (or `expect` of them: those a dead pod held) has connected
+        again since `record`; return the log."""
+        size = len(self.sims) if expect is None else expect
         done = await self.until(lambda: len(self.back) >= size, within_s)
         attempts, due = self.attempts or [], self.due
         elapsed = time.monotonic() - (self.storm_started or 0.0)
@@ -387,6 +405,7 @@ class Fleet:
             "complete": done,
             "back": len(self.back),
             "last_back": self.last_back,
+            "registrations": self.registrations,
             "loadgen_cpu_pct": cpu,
             "attempts": [attempt.to_json() for attempt in attempts],
             "due": [round(at, 4) for at in due],
@@ -442,11 +461,13 @@ async def serve(url: str, key: str, period_s: float, tag: str) -> None:
             if op == "grow":
                 _reply({"op": op, **await fleet.grow(command["size"], command["within_s"])})
             elif op == "measure":
-                _reply({"op": op, **await fleet.measure(command["window_s"])})
+                measured = await fleet.measure(command["window_s"], command.get("samples", False))
+                _reply({"op": op, **measured})
             elif op == "record":
                 _reply({"op": op, **fleet.record()})
             elif op == "until_back":
-                _reply({"op": op, **await fleet.until_back(command["within_s"])})
+                back = await fleet.until_back(command["within_s"], command.get("expect"))
+                _reply({"op": op, **back})
             elif op == "quit":
                 break
     finally:

@@ -52,8 +52,9 @@ class LoadGen:
             raise BenchError(f"only {reply['online']} of {size} simulated daemons came online")
         return reply
 
-    async def measure(self, window_s: float) -> dict[str, Any]:
-        return await self.command({"op": "measure", "window_s": window_s}, window_s)
+    async def measure(self, window_s: float, *, samples: bool = False) -> dict[str, Any]:
+        message = {"op": "measure", "window_s": window_s, "samples": samples}
+        return await self.command(message, window_s)
 
     async def command(self, message: dict[str, Any], within_s: float) -> dict[str, Any]:
         stdin = self.child.process.stdin

@@ -50,7 +50,7 @@ from agent.protocol.constants import ONLINE_WINDOW_MS
 from agent.support.clock import now_ms
 from tests.bench import machine
 from tests.bench.loadgen import sim_metadata
-from tests.bench.procs import BenchError, cpu_seconds, memory
+from tests.bench.procs import BenchError, memory, postgres_cpu_seconds
 from tests.bench.report import Figure, Section, render, write_results
 from tests.bench.stats import median, percentile
 from tests.postgres import PostgresServer
@@ -271,7 +271,7 @@ async def drive(driver: Driver, calls: Sequence[Call], tasks: int, server: Postg
             results.append(await call(driver))
             latencies.append(time.perf_counter() - began)
 
-    server_cpu = _server_cpu(server)
+    server_cpu = postgres_cpu_seconds(server.postmaster_pid())
     client_cpu = time.process_time()
     began = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(tasks)))
@@ -280,23 +280,9 @@ async def drive(driver: Driver, calls: Sequence[Call], tasks: int, server: Postg
         latencies,
         seconds,
         time.process_time() - client_cpu,
-        _server_cpu(server) - server_cpu,
+        postgres_cpu_seconds(server.postmaster_pid()) - server_cpu,
         results,
     )
-
-
-def _server_cpu(server: PostgresServer) -> float:
-    """CPU time of the postmaster and every process it forked (backends, autovacuum...)."""
-    postmaster = server.postmaster_pid()
-    total = cpu_seconds(postmaster)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == postmaster:
-            total += cpu_seconds(int(stat.parent.name))
-    return total
 
 
 @dataclass

@@ -40,6 +40,15 @@ class Plan:
     storm_size: int
     storm_runs: int
     storm_timeout_s: float
+    # pods on PostgreSQL
+    pods_fleet: int
+    """Simulated daemons spread over two pods, and held by one pod in the comparison."""
+    pods_frames: int
+    """Frames sent with a request_id, each way (same pod, across pods), per run."""
+    pods_frame_runs: int
+    # listing at the largest size, on both backends
+    big_listing_rows: int
+    big_listing_requests: int
 
 
 FULL = Plan(
@@ -64,6 +73,11 @@ FULL = Plan(
     storm_size=5_000,
     storm_runs=3,
     storm_timeout_s=300.0,
+    pods_fleet=10_000,
+    pods_frames=1_000,
+    pods_frame_runs=3,
+    big_listing_rows=1_000_000,
+    big_listing_requests=1_000,
 )
 
 QUICK = Plan(
@@ -88,4 +102,9 @@ QUICK = Plan(
     storm_size=300,
     storm_runs=1,
     storm_timeout_s=120.0,
+    pods_fleet=400,
+    pods_frames=100,
+    pods_frame_runs=2,
+    big_listing_rows=20_000,
+    big_listing_requests=200,
 )

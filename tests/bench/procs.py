@@ -252,3 +252,17 @@ def context_switches(pid: int) -> int:
 
 def thread_count(pid: int) -> int:
     return len(_tasks(pid))
+
+
+def postgres_cpu_seconds(postmaster: int) -> float:
+    """CPU time of a PostgreSQL server: its postmaster and every process it forked (backends,
+    autovacuum...)."""
+    total = cpu_seconds(postmaster)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == postmaster:
+            total += cpu_seconds(int(stat.parent.name))
+    return total

@@ -37,6 +37,7 @@ def _benchmarks() -> dict[str, Benchmark]:
         listing,
         metadata_refresh,
         platform_scale,
+        pods,
         reconnect_storm,
     )
 
@@ -47,6 +48,7 @@ def _benchmarks() -> dict[str, Benchmark]:
         "scale": platform_scale.run,
         "listing": listing.run,
         "storm": reconnect_storm.run,
+        "pods": pods.run,
     }
 
 

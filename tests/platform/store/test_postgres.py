@@ -109,6 +109,28 @@ async def test_connections_the_server_drops_are_replaced_and_nothing_is_lost(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_a_connection_goes_back_to_the_pool_without_a_reset_round_trip(
+    postgres_url: str,
+) -> None:
+    """Pool connections hold no session state, so the last statement each ran is the store's
+    own, not asyncpg's reset query (`… UNLISTEN *; RESET ALL`)."""
+    store = await open_store(postgres_url)
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await store.register(ALICE, RegisterRequest(device_id="d", connection_name="d"), NOW)
+        assert await store.list_keys() == []
+        last = await admin.fetch(
+            "SELECT query FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+        await store.close()
+    assert last, "the store's connections are not in pg_stat_activity"
+    assert not [row["query"] for row in last if "RESET ALL" in row["query"]]
+    assert any("api_keys" in row["query"] for row in last)
+
+
 async def test_an_unreachable_database_is_one_line_without_the_password() -> None:
     url = f"postgresql://envagent:hunter2@127.0.0.1:{free_port()}/fleet"
     with pytest.raises(StoreError) as refused:
