@@ -1,6 +1,7 @@
-"""Fixtures: reference platforms on ephemeral 127.0.0.1 ports and daemons, stopped after each
-test; a socket standing for systemd's sd_notify one; folders made unwritable, made writable
-again; a throwaway PostgreSQL and a database per test (tests/postgres.py, a plugin)."""
+"""Fixtures: reference platforms on ephemeral 127.0.0.1 ports, platform pod processes and
+daemons, stopped after each test; a socket standing for systemd's sd_notify one; folders made
+unwritable, made writable again; a throwaway PostgreSQL and a database per test
+(tests/postgres.py, a plugin)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ from agent.platform.server import PlatformServer
 from agent.platform.settings import PlatformSettings
 from tests.daemon_helpers import DaemonProcess, NotifySocket, Spawn, kill_all, start_daemon
 from tests.helpers import Platform
+from tests.pod_helpers import PodProcess, spawn_pod
 
 # A plugin rather than an import, so that pytest rewrites its asserts and ruff sees no unused
 # names: `postgres_server` (session) and `postgres_url` (a fresh database per test).
 pytest_plugins = ["tests.postgres"]
 
 StartPlatform = Callable[..., Awaitable[Platform]]
+StartPod = Callable[..., Awaitable[PodProcess]]
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +56,23 @@ async def start_platform(tmp_path: Path) -> AsyncIterator[StartPlatform]:
         yield start
         for server in servers:
             await server.stop()
+
+
+@pytest.fixture
+async def start_pod(tmp_path: Path) -> AsyncIterator[StartPod]:
+    """Start `envagent platform serve` processes on PostgreSQL (`tests.pod_helpers.spawn_pod`),
+    each returned once it listens; killed with their process groups after the test."""
+    started: list[PodProcess] = []
+
+    async def start(database_url: str, pod_id: str, port: int | None = None) -> PodProcess:
+        pod = await spawn_pod(database_url, pod_id, tmp_path / f"{pod_id}.log", port)
+        started.append(pod)
+        await pod.listening()
+        return pod
+
+    yield start
+    for pod in started:
+        await pod.kill()
 
 
 BACKENDS = ("sqlite", "postgres")

@@ -10,9 +10,10 @@ import socket
 import stat
 import subprocess
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -70,10 +71,16 @@ class Platform:
     server: PlatformServer
     key: str
     http: httpx.AsyncClient
+    base_url: str | None = None
+    """Where requests go when not to `server`: another platform process of the database."""
 
     @property
     def url(self) -> str:
-        return self.server.url
+        return self.base_url or self.server.url
+
+    def at(self, url: str) -> Platform:
+        """The same key and HTTP client, speaking to the platform process at `url` (a pod)."""
+        return replace(self, base_url=url)
 
     def auth(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}"}
@@ -108,11 +115,24 @@ class Platform:
         row: dict[str, Any] = reply.json()
         return row
 
+    async def send_frame(self, connection_id: str, frame: dict[str, Any]) -> httpx.Response:
+        """`POST …/frames`: 200 with the daemon's answer to a frame with a request id, else 204."""
+        return await self.http.post(
+            f"{self.url}/v1/environments/{connection_id}/frames", json=frame, headers=self.auth()
+        )
+
     async def connect(self, device_id: str, key: str | None = None, **fields: Any) -> FakeDaemon:
         """Register and open the socket, as a daemon does."""
         reply = await self.register(device_id, key, **fields)
         ws = await open_socket(reply["wsUrl"], device_id, key or self.key)
         return FakeDaemon(ws, reply)
+
+    async def reopen(self, daemon: FakeDaemon) -> FakeDaemon:
+        """Another socket for `daemon`'s registration, opened here (on another pod, say)."""
+        here = urlsplit(self.url).netloc
+        ws_url = urlsplit(daemon.registration["wsUrl"])._replace(netloc=here).geturl()
+        ws = await open_socket(ws_url, daemon.device_id, self.key)
+        return FakeDaemon(ws, daemon.registration)
 
 
 async def open_socket(ws_url: str, device_id: str, key: str) -> ClientConnection:
@@ -131,6 +151,11 @@ class FakeDaemon:
     @property
     def connection_id(self) -> str:
         value: str = self.registration["connectionId"]
+        return value
+
+    @property
+    def device_id(self) -> str:
+        value: str = self.registration["environment"]["deviceId"]
         return value
 
     async def send(self, frame: dict[str, Any]) -> None:

@@ -5,7 +5,8 @@
 `initdb -A trust -U envagent --no-sync`, tuned for speed over durability (fsync, synchronous
 commit and full page writes off: a crash loses a test database, nothing else), and starts it
 with `pg_ctl -w` on 127.0.0.1 and an ephemeral port. `stop()` stops it at once
-(`pg_ctl stop -m immediate`) and removes the folder.
+(`pg_ctl stop -m immediate`) and removes the folder; `shut_down()` stops it as an operator does
+and keeps the folder, and `start_again()` brings it back on the same port (a database outage).
 
 PostgreSQL refuses to run as root, and CI runs as root: then the folder is given to the
 `postgres` system user when there is one, else to `nobody`, and initdb and pg_ctl run as that
@@ -199,24 +200,44 @@ class PostgresServer:
     def _start_on_a_free_port(self) -> None:
         for attempt in range(1, PORT_ATTEMPTS + 1):
             self.port = free_port()
-            logged = self._log_size()
-            where = ["-D", str(self.data_dir), "-l", str(self.log_file)]
-            wait = ["-w", "-t", str(START_WAIT_S)]
-            done = self._run_as_server_user(
-                "pg_ctl",
-                [*where, *wait, "-o", f"-p {self.port}", "start"],
-                timeout=START_WAIT_S + 10,
-                check=False,
-            )
-            if done.returncode == 0:
+            try:
+                self._pg_ctl_start()
                 return
-            log = self._log_since(logged)
-            if "already in use" not in log or attempt == PORT_ATTEMPTS:
-                raise PostgresError(
-                    f"pg_ctl start failed (exit {done.returncode}): "
-                    f"{(done.stderr or done.stdout).strip()}\nserver log:\n{log.strip()}"
-                )
+            except PostgresError as exc:
+                if "already in use" not in str(exc) or attempt == PORT_ATTEMPTS:
+                    raise
             self._pg_ctl_stop()  # a half-started postmaster would keep the data folder locked
+
+    def _pg_ctl_start(self) -> None:
+        """Start the server on `self.port` and wait until it accepts connections."""
+        logged = self._log_size()
+        where = ["-D", str(self.data_dir), "-l", str(self.log_file)]
+        wait = ["-w", "-t", str(START_WAIT_S)]
+        done = self._run_as_server_user(
+            "pg_ctl",
+            [*where, *wait, "-o", f"-p {self.port}", "start"],
+            timeout=START_WAIT_S + 10,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise PostgresError(
+                f"pg_ctl start failed (exit {done.returncode}): "
+                f"{(done.stderr or done.stdout).strip()}\n"
+                f"server log:\n{self._log_since(logged).strip()}"
+            )
+
+    def shut_down(self) -> None:
+        """Stop the server as an operator does (`pg_ctl stop -m fast`: every client is
+        disconnected), keeping its data for `start_again`."""
+        self._run_as_server_user(
+            "pg_ctl",
+            ["-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(START_WAIT_S), "stop"],
+            timeout=START_WAIT_S + 10,
+        )
+
+    def start_again(self) -> None:
+        """Start the server `shut_down` stopped, with its databases, on the same port."""
+        self._pg_ctl_start()
 
     def _log_size(self) -> int:
         try:

@@ -4,6 +4,7 @@ the HTTP site."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -154,7 +155,9 @@ class PlatformServer:
             )
             await self._listening.stop()
             self._listening = None
-            self._listening = await store.listen(settings.pod_id, relay.wake)
+        if self._listening is None:  # dropped, and maybe refused since: tried every round
+            with contextlib.suppress(StoreUnavailable):  # logged by the store; the round goes on
+                self._listening = await store.listen(settings.pod_id, relay.wake)
         await relay.drain()  # a signal lost with a listening connection is not a loss
         silent_since = now - int(settings.pod_fence_after_s * 1000)
         for pod_id in await store.fence_silent(silent_since, now):

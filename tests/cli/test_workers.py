@@ -14,7 +14,8 @@ from pathlib import Path
 from agent.support import exitcodes
 from tests.conftest import StartPlatform
 from tests.daemon_helpers import cli
-from tests.helpers import WAIT_S, FakeDaemon, open_socket
+from tests.helpers import WAIT_S
+from tests.pod_helpers import pod_client, sync_through
 
 DAEMONS = 40
 """Connections the kernel spreads over 2 pods: all on one has a chance of 2**-39."""
@@ -23,8 +24,7 @@ DAEMONS = 40
 async def test_workers_share_the_port_and_answer_for_each_other(
     start_platform: StartPlatform, postgres_url: str
 ) -> None:
-    keys = await start_platform(database_url=postgres_url, pod_id="keys")  # makes the key
-    await keys.server.stop()
+    keys = await pod_client(start_platform, postgres_url)
     supervisor = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent", "platform", "serve", "--workers", "2", "--port", "0",
         "--database", postgres_url, "--pod-id", "web",
@@ -39,33 +39,12 @@ async def test_workers_share_the_port_and_answer_for_each_other(
             assert line, "the workers exited before they listened"
             urls += re.findall(r"listening on (http://[\d.]+:\d+)", line)
         assert len(set(urls)) == 1, "every pod listens on the same port"
-        url = urls[0]
-        daemons = []
-        for n in range(DAEMONS):
-            reply = await keys.http.post(
-                f"{url}/v1/environments/register",
-                json={"deviceId": f"dev-{n}", "connectionName": f"dev-{n}"},
-                headers=keys.auth(),
-            )
-            registration = reply.json()
-            ws = await open_socket(registration["wsUrl"], f"dev-{n}", keys.key)
-            daemons.append(FakeDaemon(ws, registration))
-        rows = (
-            await keys.http.get(
-                f"{url}/v1/environments", params={"limit": "100"}, headers=keys.auth()
-            )
-        ).json()["connections"]
+        web = keys.at(urls[0])
+        daemons = [await web.connect(f"dev-{n}") for n in range(DAEMONS)]
+        rows = await web.rows(limit="100")
         assert {row["podId"] for row in rows} == {"web-1", "web-2"}
         for daemon in daemons[:6]:  # asked of whichever pod the request reaches
-            frames = f"{url}/v1/environments/{daemon.connection_id}/frames"
-            asked = asyncio.create_task(
-                keys.http.post(
-                    frames, json={"type": "sync", "request_id": "s"}, headers=keys.auth()
-                )
-            )
-            assert await daemon.receive() == {"type": "sync", "request_id": "s"}
-            await daemon.send({"type": "sync_response", "request_id": "s", "success": True})
-            assert (await asyncio.wait_for(asked, WAIT_S)).status_code == 200
+            assert (await sync_through(web, daemon, "s")).status_code == 200
         supervisor.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(supervisor.wait(), WAIT_S) == exitcodes.OK
         for daemon in daemons:
