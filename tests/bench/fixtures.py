@@ -94,6 +94,7 @@ async def start_platform(
     *,
     port: int = 0,
     heartbeat_ms: int = 30_000,
+    online_window_ms: int | None = None,
     gc_log: Path | None = None,
     key: str | None = None,
     name: str = "platform",
@@ -104,9 +105,10 @@ async def start_platform(
 
     `database` is a SQLite file, whose development key the platform writes and this reads, or
     a PostgreSQL URL, for which `key` must be given (`create_key`); `pod_args` are the flags of
-    a pod sharing it (`--pod-id`, `--reuse-port`...)."""
+    a pod sharing it (`--pod-id`, `--reuse-port`...). `online_window_ms` replaces the
+    platform's default online window (`--online-window-ms`)."""
     if key is None and not isinstance(database, Path):
-        raise BenchError("a platform on PostgreSQL writes no development key: pass `key`")
+        raise BenchError("a platform on PostgreSQL needs `key` (`create_key`)")
     command = envagent_command()
     if gc_log is not None:
         command = [sys.executable, "-m", "tests.bench.gc_probe", str(gc_log)]
@@ -124,6 +126,7 @@ async def start_platform(
             str(database),
             "--heartbeat-ms",
             str(heartbeat_ms),
+            *(["--online-window-ms", str(online_window_ms)] if online_window_ms else []),
             *pod_args,
         ],
         workspace.env(),

@@ -60,6 +60,7 @@ async def fill(db: Path, rows: int) -> float:
 async def _latencies(
     http: aiohttp.ClientSession, platform: PlatformProcess, params: dict[str, str], count: int
 ) -> list[float]:
+    """`count` GETs of the listing one after the other, each timed alone (ms)."""
     url = f"{platform.url}/v1/environments"
     times = []
     for _ in range(count):
@@ -70,6 +71,34 @@ async def _latencies(
         if reply.status != 200:
             raise BenchError(f"GET {url} {params} answered {reply.status}")
     return times
+
+
+async def measure(
+    http: aiohttp.ClientSession,
+    platform: PlatformProcess,
+    variants: dict[str, dict[str, str]],
+    runs: int,
+    requests: int,
+) -> dict[str, list[list[float]]]:
+    """The latencies of each variant in each run; the variants take turns within a run, so
+    that drift (the machine's load, a cache warming) falls on all of them."""
+    measured: dict[str, list[list[float]]] = {name: [] for name in variants}
+    for _ in range(runs):
+        for name, params in variants.items():
+            measured[name].append(await _latencies(http, platform, params, requests))
+    return measured
+
+
+def add_percentiles(
+    section: Section, at: str, runs: list[list[float]], budget: Budget | None = None
+) -> list[float]:
+    """A p50 and a p99 figure over `runs` (each run's latencies, ms); the p99 of each run."""
+    samples = len(runs[0]) if runs else None
+    p50 = [percentile(times, 0.5) for times in runs]
+    p99 = [percentile(times, 0.99) for times in runs]
+    section.add(Figure(f"{at}: p50", "ms", p50, samples=samples))
+    section.add(Figure(f"{at}: p99", "ms", p99, samples=samples, budget=budget))
+    return p99
 
 
 async def _check(
@@ -100,35 +129,15 @@ async def run(workspace: Workspace, plan: Plan) -> Section:
             await loadgen.grow(plan.listing_live, max(60.0, plan.listing_live * 0.05))
             async with aiohttp.ClientSession(connector=connector, timeout=HTTP_TIMEOUT) as http:
                 await _check(http, platform, plan.listing_live)
-                runs: dict[str, list[list[float]]] = {name: [] for name in VARIANTS}
-                for _ in range(plan.listing_runs):
-                    for name, params in VARIANTS.items():
-                        runs[name].append(
-                            await _latencies(http, platform, params, plan.listing_requests)
-                        )
+                runs = await measure(
+                    http, platform, VARIANTS, plan.listing_runs, plan.listing_requests
+                )
         finally:
             await loadgen.stop()
             await platform.child.stop()
-        for name, latencies in runs.items():
-            at = f"{rows:,} rows, {name}"
-            p99[rows, name] = [percentile(times, 0.99) for times in latencies]
-            section.add(
-                Figure(
-                    f"{at}: p50",
-                    "ms",
-                    [percentile(times, 0.5) for times in latencies],
-                    samples=plan.listing_requests,
-                )
-            )
-            section.add(
-                Figure(
-                    f"{at}: p99",
-                    "ms",
-                    p99[rows, name],
-                    samples=plan.listing_requests,
-                    budget=LISTING_BUDGET if rows == BUDGET_ROWS else None,
-                )
-            )
+        for name, measured in runs.items():
+            budget = LISTING_BUDGET if rows == BUDGET_ROWS else None
+            p99[rows, name] = add_percentiles(section, f"{rows:,} rows, {name}", measured, budget)
     _ratios(section, plan, p99)
     section.notes.append(
         f"rows filled through Store.register before the platform starts (offline), then "

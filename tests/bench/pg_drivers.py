@@ -104,15 +104,26 @@ CREATE INDEX {table}_connected ON {table} (organization_id, seq)
 """
 
 
+def metadata_template() -> str:
+    """`sim_metadata(0)` as JSON, which `row_metadata` turns into row `i`'s."""
+    template = sim_metadata(0).to_json()
+    if "$m$" in template or '/project-0"' not in template:
+        raise BenchError(f"unexpected metadata template: {template}")
+    return template
+
+
+def row_metadata(template: str) -> str:
+    """SQL of `sim_metadata(i)`'s JSON for the row numbered `i`, from the SQL of the template (a
+    literal or a parameter): only the working directory differs. Both dialects take it."""
+    return f"""replace({template}, '/project-0"', '/project-' || i || '"')"""
+
+
 def fill_sql(table: str, metadata_type: str, rows: int, now: int) -> str:
     """`rows` rows written by the server itself (no driver is favoured): ids shaped like the
     store's (`env-<uuid>`, `conn-<uuid>`), real metadata (the load generator's, 354 bytes),
     organization `i % 10`, online when `(i / 10) % 2 = 0`, so half of each organization's rows,
     every other one."""
-    template = sim_metadata(0).to_json()
-    if "$m$" in template or '/project-0"' not in template:
-        raise BenchError(f"unexpected metadata template: {template}")
-    metadata = f"""replace($m${template}$m$, '/project-0"', '/project-' || i || '"')"""
+    metadata = row_metadata(f"$m${metadata_template()}$m$")
     if metadata_type == "JSONB":
         metadata = f"({metadata})::jsonb"
     return f"""

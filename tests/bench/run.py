@@ -32,6 +32,7 @@ if not __package__:  # run as a script: make `tests.bench` importable
 
 def _benchmarks() -> dict[str, Benchmark]:
     from tests.bench import (
+        big_listing,
         daemon_footprint,
         imports,
         listing,
@@ -47,6 +48,7 @@ def _benchmarks() -> dict[str, Benchmark]:
         "daemon": daemon_footprint.run,
         "scale": platform_scale.run,
         "listing": listing.run,
+        "big_listing": big_listing.run,
         "storm": reconnect_storm.run,
         "pods": pods.run,
     }

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.platform.store.base import (
+    BY_USER_INDEX,
     INDEXES,
     LEASE_HOLDS,
     PODS_TABLE,
@@ -73,6 +74,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE api_keys ADD COLUMN role TEXT NOT NULL DEFAULT 'member'",),
     2: (PODS_TABLE,),
     3: (),  # version 4 added PostgreSQL's messages between pods: one process has no other
+    4: (BY_USER_INDEX,),
 }
 """The statements that take a database from version N to N + 1."""
 

@@ -118,6 +118,20 @@ async def test_a_page_says_there_is_more_only_when_there_is(
     assert rest.has_next_page is False
 
 
+async def test_a_user_s_pages_hold_their_rows_only_in_creation_order(store: Store) -> None:
+    """`userId` pages read the index by user (version 5): the user's rows of this organization
+    only, in creation order, page after page."""
+    await store.register(ApiKey("org-b", ALICE.user_id, None), request("elsewhere"), NOW)
+    for n in range(6):
+        await store.register(ALICE if n % 2 else BOB, request(f"dev-{n}"), NOW + n)
+    first = await store.list("org-a", ListQuery(limit=2, user_id=ALICE.user_id), NOW, WINDOW_MS)
+    assert [row.device_id for row in first.connections] == ["dev-1", "dev-3"]
+    assert first.has_next_page
+    after = first.connections[-1].id
+    assert await page(store, user_id=ALICE.user_id, after=after) == ["dev-5"]
+    assert await page(store, user_id=BOB.user_id, after=after) == ["dev-4"]
+
+
 async def test_a_device_lookup_returns_the_row_without_a_listener_instance_first(
     store: Store,
 ) -> None:

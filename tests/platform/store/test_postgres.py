@@ -1,6 +1,6 @@
 """The PostgreSQL backend's own rules, on a real server: pods starting together migrate once, a
-newer schema is refused, connections the server drops are replaced, and a URL's password never
-reaches an error."""
+version 4 database gets a new one's indexes, a newer schema is refused, connections the server
+drops are replaced, and a URL's password never reaches an error."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from agent.platform.store.base import (
 from agent.platform.store.opening import open_store
 from agent.protocol.models import RegisterRequest
 from tests.helpers import WAIT_S, free_port
+from tests.postgres import PostgresServer
 
 ALICE = ApiKey("org-a", "user-alice", "Alice")
 NOW = 1_700_000_000_000
@@ -75,6 +76,35 @@ async def test_a_newer_schema_is_refused(postgres_url: str) -> None:
         await connection.close()
     with pytest.raises(StoreError, match="newer than this envagent"):
         await open_store(postgres_url)
+
+
+async def test_a_version_4_database_gets_the_index_by_user(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    await (await open_store(postgres_url)).close()
+    await run(postgres_url, "DROP INDEX environments_by_user")  # what version 4 had
+    await run(postgres_url, "UPDATE envagent_schema SET version = 4")
+    await (await open_store(postgres_url)).close()
+    new = postgres_server.create_database()
+    try:
+        await (await open_store(new)).close()
+        migrated, created = await run(postgres_url, INDEXES), await run(new, INDEXES)
+    finally:
+        postgres_server.drop_database(new)
+    assert "environments_by_user" in dict(migrated) and migrated == created
+    assert await run(postgres_url, "SELECT version FROM envagent_schema") == [(SCHEMA_VERSION,)]
+
+
+INDEXES = "SELECT indexname, indexdef FROM pg_indexes ORDER BY indexname"
+
+
+async def run(url: str, sql: str) -> list[tuple[object, ...]]:
+    """`sql`'s rows, on a connection of its own."""
+    connection = await asyncpg.connect(url)
+    try:
+        return [tuple(row) for row in await connection.fetch(sql)]
+    finally:
+        await connection.close()
 
 
 async def test_connections_the_server_drops_are_replaced_and_nothing_is_lost(
