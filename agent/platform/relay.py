@@ -65,6 +65,8 @@ class NoSocket(LookupError):
 class LiveSocket:
     row_id: str
     connection_id: str
+    connected_at: int
+    """When this pod wrote the row online for this socket: which socket the row is."""
     ws: web.WebSocketResponse
     left: bool = False
     mode: Mode | None = None
@@ -80,6 +82,7 @@ class Relay:
         self._settings = settings
         self.presence = Presence(store, lease, settings.presence_interval_s)
         self._live: dict[str, LiveSocket] = {}
+        self._last_connected_at = 0
         self._closing: set[asyncio.Task[bool]] = set()
         self._remote: dict[str, asyncio.Future[Answer]] = {}
         """Answers awaited from sockets of other pods, by request id."""
@@ -103,42 +106,44 @@ class Relay:
         connection_id = request.query.get("connectionId", "")
         refusal: tuple[str, WSCloseCode] | None = None
         try:
-            row_id = await self._admit(key, connection_id, request.query)
+            row_id, connected_at = await self._admit(key, connection_id, request.query)
         except NoSocket:
             refusal = (UNKNOWN_CONNECTION_REASON, WSCloseCode.POLICY_VIOLATION)
         except Forbidden as exc:
             refusal = (str(exc), WSCloseCode.POLICY_VIOLATION)
         except StoreUnavailable:  # logged by the store, once an outage
             refusal = (UNAVAILABLE_REASON, WSCloseCode.TRY_AGAIN_LATER)
-        try:
-            await ws.prepare(request)
-        except BaseException:
-            if refusal is None:
-                await self._left_behind(row_id, connection_id)
-            raise
         if refusal is not None:
-            return await _refuse(ws, *refusal)
-        live = self._take(LiveSocket(row_id, connection_id, ws))
+            if await _upgraded(ws, request):
+                await _refuse(ws, *refusal)
+            return ws
+        live = LiveSocket(row_id, connection_id, connected_at, ws)
         try:
-            # `receive()` rather than `async for`, and no message held while the next one is
-            # awaited: what a socket keeps from one ping to the next outlives the collector's
-            # young generations (see `server.Collector`).
-            while await self._on_message(live, await ws.receive()):
-                pass
+            if not await _upgraded(ws, request):
+                return ws
+            self._take(live)
+            try:
+                # `receive()` rather than `async for`, and no message held while the next one
+                # is awaited: what a socket keeps from one ping to the next outlives the
+                # collector's young generations (see `server.Collector`).
+                while await self._on_message(live, await ws.receive()):
+                    pass
+            finally:
+                self.sockets_closed += 1
+                if self._live.get(live.row_id) is live:
+                    del self._live[live.row_id]
+                how = "left" if live.left or ws.close_code in (1000, 1001) else "lost"
+                log.info("row %s %s (close code %s)", live.row_id, how, ws.close_code)
         finally:
-            self.sockets_closed += 1
-            # A replaced socket leaves the row to its successor, which may share its id.
-            if self._live.get(live.row_id) is live:
-                del self._live[live.row_id]
-                await self._left_behind(live.row_id, live.connection_id)
-            how = "left" if live.left or ws.close_code in (1000, 1001) else "lost"
-            log.info("row %s %s (close code %s)", live.row_id, how, ws.close_code)
+            await self._left_behind(live)
         return ws
 
-    async def _admit(self, key: ApiKey, connection_id: str, query: Mapping[str, str]) -> str:
-        """Mark the row this connection id serves online and return its id: NoSocket when the
-        id is not current, Forbidden when `key` may not steer the row (the open socket, if
-        any, goes on)."""
+    async def _admit(
+        self, key: ApiKey, connection_id: str, query: Mapping[str, str]
+    ) -> tuple[str, int]:
+        """Mark the row this connection id serves online; its id and the socket's
+        `connected_at`. NoSocket when the id is not current, Forbidden when `key` may not steer
+        the row (the open socket, if any, goes on)."""
         device_id = query.get("deviceId")
         issued = await self._store.find_issued(key.organization_id, connection_id)
         if issued is None or (device_id is not None and device_id != issued.device_id):
@@ -146,14 +151,16 @@ class Relay:
             raise NoSocket(connection_id)
         check_may_steer(key, issued.owner_user_id, issued.row_id)
         name = (query.get("connectionName") or "")[:MAX_NAME_CHARS] or None
+        # Strictly increasing: two sockets of one row on this pod never share it.
+        connected_at = self._last_connected_at = max(now_ms(), self._last_connected_at + 1)
         if not await self._store.mark_connected(
-            issued.row_id, connection_id, self.presence.lease, name, now_ms()
+            issued.row_id, connection_id, self.presence.lease, name, connected_at
         ):
             raise StoreUnavailable("this pod was fenced: it is joining again")
         if issued.pod_id is not None and issued.pod_id != self.pod_id:  # its old socket's pod
             replace = Message("replace", issued.row_id, issued.live_connection_id or "")
             self._background(self._store.post(issued.pod_id, replace))
-        return issued.row_id
+        return issued.row_id, connected_at
 
     def _take(self, live: LiveSocket) -> LiveSocket:
         """Make `live` its row's socket. An older socket of the row is closed in the background
@@ -170,10 +177,16 @@ class Relay:
             closing.add_done_callback(self._closing.discard)
         return live
 
-    async def _left_behind(self, row_id: str, connection_id: str) -> None:
-        self.presence.forget(row_id)
+    async def _left_behind(self, live: LiveSocket) -> None:
+        """`live` has ended, upgraded or not: its row goes offline unless a newer socket has
+        it, here or on another pod (which the store checks: it may share the connection id)."""
+        if self._live.get(live.row_id) is not None:  # a successor here
+            return
+        self.presence.forget(live.row_id)
         with contextlib.suppress(StoreUnavailable):  # the row goes stale: lost
-            await self._store.mark_disconnected(row_id, connection_id, now_ms())
+            await self._store.mark_disconnected(
+                live.row_id, live.connection_id, self.pod_id, live.connected_at, now_ms()
+            )
 
     @property
     def sockets_open(self) -> int:
@@ -226,7 +239,9 @@ class Relay:
         elif isinstance(frame, DisconnectFrame):
             live.left = True
             self.presence.forget(live.row_id)
-            await self._store.mark_disconnected(live.row_id, live.connection_id, now)
+            await self._store.mark_disconnected(
+                live.row_id, live.connection_id, self.pod_id, live.connected_at, now
+            )
             log.info("row %s is leaving: %s", live.row_id, frame.reason[:200] or "no reason")
         else:
             waiting = live.awaiting.get(frame.request_id or "")
@@ -401,13 +416,23 @@ async def _answer_to(
         waiting.pop(request_id, None)
 
 
+async def _upgraded(ws: web.WebSocketResponse, request: web.Request) -> bool:
+    """Answer the upgrade; False when the daemon has gone meanwhile (it gave up waiting and
+    will try again): not the platform's error."""
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:
+        log.info("a daemon went away before its upgrade was answered")
+        return False
+    return True
+
+
 async def _refuse(
     ws: web.WebSocketResponse, why: str, code: WSCloseCode = WSCloseCode.POLICY_VIOLATION
-) -> web.WebSocketResponse:
+) -> None:
     """Close right after the upgrade (1008 unless told): the daemon reads the reason, a 4xx it
     would not."""
     await ws.close(code=code, message=_reason(why))
-    return ws
 
 
 def _reason(text: str) -> bytes:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
+from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -182,26 +185,83 @@ async def test_silence_marks_the_row_offline_after_the_online_window(
     await daemon.ws.close()
 
 
-async def test_transport_pings_drop_a_half_open_socket(start_platform: StartPlatform) -> None:
-    platform = await start_platform(transport_ping_s=0.2)
-    registration = await platform.register("dev-1")
+async def _hand_made_upgrade(
+    platform: Platform, registration: dict[str, Any], device_id: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An upgrade request written by hand, so that the test decides what follows it."""
     url = urlsplit(registration["wsUrl"])
     assert url.hostname is not None and url.port is not None
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
-    # A hand-made handshake, then silence: nothing will ever answer the platform's pings.
     nonce = base64.b64encode(os.urandom(16)).decode()
     writer.write(
         (
-            f"GET {url.path}?{url.query}&deviceId=dev-1 HTTP/1.1\r\nHost: {url.netloc}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Key: {nonce}\r\nAuthorization: Bearer {platform.key}\r\n\r\n"
+            f"GET {url.path}?{url.query}&deviceId={device_id} HTTP/1.1\r\n"
+            f"Host: {url.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {nonce}\r\n"
+            f"Authorization: Bearer {platform.key}\r\n\r\n"
         ).encode()
     )
+    return reader, writer
+
+
+async def test_transport_pings_drop_a_half_open_socket(start_platform: StartPlatform) -> None:
+    platform = await start_platform(transport_ping_s=0.2)
+    registration = await platform.register("dev-1")
+    # A hand-made handshake, then silence: nothing will ever answer the platform's pings.
+    reader, writer = await _hand_made_upgrade(platform, registration, "dev-1")
     status_line = await asyncio.wait_for(reader.readline(), WAIT_S)
     assert b" 101 " in status_line
     await wait_for(lambda: platform.row("dev-1"), lambda r: r["connectionId"] is not None)
     await wait_for(lambda: platform.row("dev-1"), lambda r: r["connectionId"] is None)
     writer.close()
+
+
+async def test_a_daemon_gone_before_its_upgrade_is_answered_is_no_error(
+    start_platform: StartPlatform, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A daemon gives up waiting for its upgrade when a pod is slow (a reconnect storm) and
+    tries again. The platform learns it only when it answers: one line, not an error, and the
+    row it had written online goes offline. A row lock held by the test holds the platform
+    in the admission until the daemon has gone. (That such an end never takes the row from a
+    newer socket with the same connection id is the store's rule, tested on both backends.)"""
+    caplog.set_level(logging.INFO, "envagent")
+    platform = await start_platform(database_url=postgres_url)
+    registration = await platform.register("dev-1")
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        async with admin.transaction():
+            await admin.execute(
+                "SELECT 1 FROM environments WHERE id = $1 FOR UPDATE",
+                registration["environment"]["id"],
+            )
+            _, abandoned = await _hand_made_upgrade(platform, registration, "dev-1")
+            await _waiting_on_the_lock(admin)
+            abandoned.transport.abort()
+    finally:
+        await admin.close()
+
+    async def messages() -> list[str]:
+        return caplog.messages
+
+    gone = "a daemon went away before its upgrade was answered"
+    await wait_for(messages, lambda logged: gone in logged)
+    row = await wait_for(lambda: platform.row("dev-1"), lambda r: r["connectionId"] is None)
+    assert row["connectedAt"] is None
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    retry = await open_socket(registration["wsUrl"], "dev-1", platform.key)
+    daemon = FakeDaemon(retry, registration)
+    assert await daemon.ping() == {"type": "pong"}
+    await daemon.ws.close()
+
+
+async def _waiting_on_the_lock(admin: asyncpg.Connection) -> None:
+    await wait_for(
+        lambda: admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ),
+        lambda waiting: waiting == 1,
+    )
 
 
 @on_both_backends

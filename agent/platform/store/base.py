@@ -447,14 +447,21 @@ class Store(ABC):
             row_id,
         )
 
-    async def mark_disconnected(self, row_id: str, connection_id: str, now: int) -> bool:
-        """Offline at once; a no-op when a newer socket already holds the row."""
+    async def mark_disconnected(
+        self, row_id: str, connection_id: str, pod_id: str, connected_at: int, now: int
+    ) -> bool:
+        """Offline at once, if the row is still the ending socket's: the socket `pod_id` wrote
+        online at `connected_at` (unique per pod and row). A daemon comes back with the
+        connection id it holds, so a newer socket, here or on another pod, may share it."""
         _, changed = await self._write(
             "UPDATE environments SET connection_id = NULL, connected_at = NULL, pod_id = NULL, "
-            "last_seen_at = ? WHERE id = ? AND connection_id = ?",
+            "last_seen_at = ? WHERE id = ? AND connection_id = ? AND pod_id = ? "
+            "AND connected_at = ?",
             now,
             row_id,
             connection_id,
+            pod_id,
+            connected_at,
         )
         return changed > 0
 

@@ -60,14 +60,33 @@ async def test_a_replaced_socket_can_no_longer_write_the_row(store: Store) -> No
     await store.mark_connected(row_id, second, pod_2, None, NOW + 2)
 
     await store.record_heartbeat(row_id, first, "unrestricted", NOW + 3, pod_1)
-    assert not await store.mark_disconnected(row_id, first, NOW + 4)
+    assert not await store.mark_disconnected(row_id, first, "pod-1", NOW, NOW + 4)
     row = await row_of(store, row_id)
     assert (row.connection_id, row.pod_id, row.last_heartbeat) == (second, "pod-2", NOW + 2)
     assert row.current_mode is None
 
     await store.record_heartbeat(row_id, second, "acceptEdits", NOW + 5, pod_2)
     assert (await row_of(store, row_id)).current_mode == "acceptEdits"
-    assert await store.mark_disconnected(row_id, second, NOW + 6)
+    assert await store.mark_disconnected(row_id, second, "pod-2", NOW + 2, NOW + 6)
+    assert (await row_of(store, row_id)).connection_id is None
+
+
+async def test_a_socket_s_end_leaves_the_row_to_a_newer_socket_with_the_same_connection_id(
+    store: Store,
+) -> None:
+    """A daemon comes back with the connection id it holds: the end of its earlier socket (one
+    that gave up during its upgrade, say) must not write the newer one's row offline, whether
+    the newer one is on the same pod or on another."""
+    row_id, connection_id = await store.register(ALICE, request("dev-1"), NOW)
+    pod_1, pod_2 = await store.join("pod-1", NOW), await store.join("pod-2", NOW)
+    await store.mark_connected(row_id, connection_id, pod_1, None, NOW)
+    await store.mark_connected(row_id, connection_id, pod_1, None, NOW + 1)  # again, here
+    assert not await store.mark_disconnected(row_id, connection_id, "pod-1", NOW, NOW + 2)
+    await store.mark_connected(row_id, connection_id, pod_2, None, NOW + 3)  # on another pod
+    assert not await store.mark_disconnected(row_id, connection_id, "pod-1", NOW + 1, NOW + 4)
+    row = await row_of(store, row_id)
+    assert (row.connection_id, row.pod_id, row.connected_at) == (connection_id, "pod-2", NOW + 3)
+    assert await store.mark_disconnected(row_id, connection_id, "pod-2", NOW + 3, NOW + 5)
     assert (await row_of(store, row_id)).connection_id is None
 
 
@@ -98,7 +117,7 @@ async def test_the_online_window_at_both_ends_agrees_with_the_row_s_own_rule(
 async def test_a_row_without_a_socket_is_never_online_whatever_its_heartbeat(store: Store) -> None:
     row_id, connection_id = await store.register(ALICE, request("dev-1"), NOW)
     await store.mark_connected(row_id, connection_id, await store.join("pod", NOW), None, NOW)
-    await store.mark_disconnected(row_id, connection_id, NOW)
+    await store.mark_disconnected(row_id, connection_id, "pod", NOW, NOW)
     assert (await row_of(store, row_id)).last_heartbeat == NOW
     assert await page(store, online_only=True) == []
 
