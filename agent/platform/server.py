@@ -46,6 +46,11 @@ class PlatformServer:
         self._presence: asyncio.Task[None] | None = None
         self._pods: asyncio.Task[None] | None = None
         self._listening: Listening | None = None
+        self._reachable_since: int | None = 0
+        """When this pod's lease rounds began to succeed again after failing (0: none has
+        failed). It fences other pods only once it has reached the database for a whole
+        `pod_fence_after_s`, so that their silence is theirs and not the database's: after an
+        outage every pod renews before any judges the others, and no daemon reconnects."""
         self.port = 0
 
     @property
@@ -137,7 +142,7 @@ class PlatformServer:
             try:
                 await self._renew_round(relay)
             except StoreUnavailable:  # logged by the store; next round
-                pass
+                self._reachable_since = None
             except Exception:  # a bug must not end the pod's lease: said loudly, then on
                 log.exception("pod %s: the lease round failed", self.settings.pod_id)
 
@@ -148,6 +153,8 @@ class PlatformServer:
         if not await store.renew(relay.presence.lease, now):
             log.warning("pod %s was fenced (silent too long): joining again", settings.pod_id)
             await relay.rejoin(await store.join(settings.pod_id, now))
+        if self._reachable_since is None:
+            self._reachable_since = now
         if self._listening is not None and not self._listening.alive():
             log.warning(
                 "pod %s: its listening connection was dropped: listening again",
@@ -159,8 +166,10 @@ class PlatformServer:
             with contextlib.suppress(StoreUnavailable):  # logged by the store; the round goes on
                 self._listening = await store.listen(settings.pod_id, relay.wake)
         await relay.drain()  # a signal lost with a listening connection is not a loss
-        silent_since = now - int(settings.pod_fence_after_s * 1000)
-        for pod_id in await store.fence_silent(silent_since, now):
+        fence_after_ms = int(settings.pod_fence_after_s * 1000)
+        if now - self._reachable_since < fence_after_ms:
+            return  # back from an outage: the others' silence may be the database's
+        for pod_id in await store.fence_silent(now - fence_after_ms, now):
             log.warning("pod %s fell silent: fenced, its connections marked lost", pod_id)
 
 
