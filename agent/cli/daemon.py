@@ -12,12 +12,18 @@ from collections.abc import Callable
 from agent import __version__
 from agent.cli.common import SETTING_FLAGS, fail
 from agent.daemon.commands import Commands
-from agent.daemon.config import LoadedSettings, Settings, load_settings, render_settings
+from agent.daemon.config import (
+    LoadedSettings,
+    Settings,
+    announce_implied_base_url,
+    load_settings,
+    render_settings,
+)
 from agent.daemon.core import Daemon
 from agent.daemon.embedded import embedded_key_file
 from agent.daemon.lock import AlreadyRunning, read_holder
 from agent.daemon.restart import restart_in_place, service_exit_code, under_service_manager
-from agent.localapi.client import LocalClient
+from agent.localapi.client import LocalClient, NoDaemon
 from agent.localapi.routes import PortUnavailable
 from agent.machine.metadata import MetadataCollector
 from agent.platform.client import PlatformClient, differences, find_own_row
@@ -68,9 +74,11 @@ def _load(args: argparse.Namespace) -> LoadedSettings:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    settings = _load(args).settings
+    loaded = _load(args)
+    settings = loaded.settings
     try:
         setup_logging(debug=settings.debug, human=args.foreground, log_file=settings.log_file)
+        announce_implied_base_url(loaded)
         if settings.api_key is not None:
             register_secret(settings.api_key.get_secret_value())
         daemon = Daemon(settings, parent_pid=args.parent_pid, on_ready=_banner)
@@ -124,7 +132,12 @@ def _banner(daemon: Daemon) -> None:
 @_one_line_for_unusable_files
 def status_command(args: argparse.Namespace) -> int:
     loaded = _load(args)
-    client = _local_client(loaded.settings)
+    try:
+        client = _local_client(loaded.settings)
+    except NoDaemon as exc:
+        if not args.json or args.verify:
+            raise
+        return _print_stopped(exc)
     status = client.status()
     if args.verify:
         return _verify(client, _platform_client(loaded.settings, status))
@@ -133,6 +146,13 @@ def status_command(args: argparse.Namespace) -> int:
     else:
         print(_describe_status(status))
     return exitcodes.OK
+
+
+def _print_stopped(why: NoDaemon) -> int:
+    """`status --json` with no daemon: still JSON, with the running daemon's `state` key, so
+    that a tool reads one shape; the exit code stays ERROR, as for the human line."""
+    print(json.dumps({"state": "stopped", "reason": str(why)}, indent=2))
+    return exitcodes.ERROR
 
 
 def _describe_status(status: DaemonStatus) -> str:

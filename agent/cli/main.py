@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -170,7 +171,12 @@ def _database_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if not given:  # a bare `envagent` is someone asking what it does, not a usage error
+        parser.print_help()
+        return exitcodes.OK
+    args = parser.parse_args(given)
     from agent.daemon.config import ConfigError
     from agent.protocol.httpapi import ClientError
 

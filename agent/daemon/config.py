@@ -7,6 +7,8 @@
   the ones every Letta client documents and a coding tool that starts the daemon passes down,
   so they are taken to be the person's intent; the ENVAGENT_ names exist so that every setting
   has one. An empty variable counts as unset, as an empty `FOO=` line in a unit file means.
+  A key with no base URL anywhere means Letta's platform, `https://api.letta.com`, as for Letta
+  Code and the SDK; with neither, the daemon starts the embedded reference platform.
 - Config file: TOML with the setting names as keys, `<XDG config dir>/envagent/config.toml`
   unless `--config` or `ENVAGENT_CONFIG` names another (which must then exist). Unknown keys are
   logged, one warning each, and ignored, so that a typo is visible without stopping the daemon.
@@ -48,6 +50,10 @@ logger = logging.getLogger("envagent.config")
 CONFIG_ENV = "ENVAGENT_CONFIG"
 ENV_PREFIX = "ENVAGENT_"
 _LETTA_ENV = {"api_key": "LETTA_API_KEY", "base_url": "LETTA_BASE_URL"}
+LETTA_CLOUD_URL = "https://api.letta.com"
+"""The platform an API key without a base URL is for, as Letta Code and the Letta SDK assume."""
+KEY_DEFAULT_SOURCE = "default for an API key"
+"""The source `base_url` shows when it is LETTA_CLOUD_URL because only a key was given."""
 _KEY_TAIL = 4
 _KEY_TAIL_MIN_LENGTH = 12
 """A shorter key is shown as `****` alone: four characters would be too much of it."""
@@ -191,11 +197,20 @@ def load_settings(
             sources[name] = "default"
         else:
             values[name], sources[name] = given
+    if "api_key" in values and "base_url" not in values:
+        values["base_url"], sources["base_url"] = LETTA_CLOUD_URL, KEY_DEFAULT_SOURCE
     try:
         settings = Settings.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, sources)) from None
     return LoadedSettings(settings, sources, config_file)
+
+
+def announce_implied_base_url(loaded: LoadedSettings) -> None:
+    """Say once, at start, that a key alone sent the daemon to Letta's platform rather than
+    the embedded one: otherwise a person expecting the embedded one would not know why."""
+    if loaded.sources["base_url"] == KEY_DEFAULT_SOURCE:
+        logger.info("an API key is set but no base URL: using %s", LETTA_CLOUD_URL)
 
 
 def render_settings(loaded: LoadedSettings) -> str:

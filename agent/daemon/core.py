@@ -135,6 +135,7 @@ class Daemon:
                     notifier=self._notifier,
                     stopping=self.stopping,
                     rand=self._rand,
+                    on_first_online=self._first_online,
                 ).run()
                 return exitcodes.RESTART if self._restart else exitcodes.OK
         except Finished as finished:
@@ -215,6 +216,18 @@ class Daemon:
             )
             raise Finished(exitcodes.CONFIG)
         return Platform(settings.base_url, settings.api_key.get_secret_value(), embedded=False)
+
+    def _first_online(self) -> None:
+        """One line, once per process, when the platform first sees the daemon: where to look
+        for it. Reconnects say nothing more: the line is in the log already."""
+        local = self._local_api.url if self._local_api else ""
+        log.info(
+            "online as %s: platform GET %s/v1/environments/%s, local GET %s/v1/environments",
+            self.environment.name,
+            self.platform.url,
+            self.environment.device_id,
+            local,
+        )
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

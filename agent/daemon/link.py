@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import httpx
@@ -65,6 +65,7 @@ class Link:
         notifier: Notifier,
         stopping: asyncio.Event,
         rand: Random,
+        on_first_online: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._platform = platform
@@ -74,6 +75,7 @@ class Link:
         self._notifier = notifier
         self._stopping = stopping
         self._rand = rand
+        self._on_first_online = on_first_online
         self._policy = ReconnectPolicy(stable_after_s=progress.heartbeat_s, rand=rand)
         self._register_next = False
 
@@ -111,6 +113,8 @@ class Link:
         progress.connection_id = connection_id
         progress.connected_at = progress.last_pong_at = now_ms()
         progress.last_error = None
+        if progress.connects == 1 and self._on_first_online is not None:
+            self._on_first_online()
 
     def heartbeat_answered(self) -> None:
         self._progress.last_pong_at = now_ms()

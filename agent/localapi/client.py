@@ -41,6 +41,10 @@ def _read(path: Path, what: str) -> bytes:
         raise ClientError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
+class NoDaemon(ClientError):
+    """No daemon has written its address: none is running (`status --json` says `stopped`)."""
+
+
 class LocalClient:
     """The running daemon's local API, found through the address file it writes."""
 
@@ -49,9 +53,7 @@ class LocalClient:
         try:
             address = LocalApiAddress.model_validate_json(_read(path, "the daemon's address"))
         except FileNotFoundError:
-            raise ClientError(
-                f"no daemon is running (no {path}); start one: envagent run"
-            ) from None
+            raise NoDaemon(f"no daemon is running (no {path}); start one: envagent run") from None
         except ValidationError:
             raise ClientError(f"{path} is damaged; restart the daemon") from None
         if address.url.startswith("unix:"):

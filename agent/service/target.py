@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import SecretStr
 
-from agent.daemon.config import LoadedSettings
+from agent.daemon.config import KEY_DEFAULT_SOURCE, LoadedSettings
 from agent.machine.selfupdate import detect_self_update
 from agent.support import exitcodes, paths
 from agent.support.proc import Ran
@@ -162,7 +162,8 @@ def service_spec(loaded: LoadedSettings, config_named: bool) -> ServiceSpec:
         config_file=loaded.config_file if config_named else None,
         path=os.environ.get("PATH", os.defpath),
         api_key=settings.api_key.get_secret_value() if settings.api_key else None,
-        base_url=settings.base_url,
+        # A URL implied by the key alone is not the person's: the daemon implies it again.
+        base_url=None if sources["base_url"] == KEY_DEFAULT_SOURCE else settings.base_url,
         file_settings={
             name: _toml_value(getattr(settings, name))
             for name, source in sources.items()

@@ -19,7 +19,7 @@ from agent.platform.keys import create_key
 from agent.platform.store.sqlite import SqliteStore
 from agent.support import exitcodes
 from tests.conftest import StartPlatform
-from tests.daemon_helpers import Spawn, cli, online
+from tests.daemon_helpers import Spawn, cli, kill_all, online, start_daemon
 from tests.helpers import WAIT_S, Platform, free_port, wait_for
 
 
@@ -66,6 +66,7 @@ async def test_status_list_mode_metadata_and_config(
     assert re.search(rf"^device\s+{status['deviceId']}$", out, re.M)
     code, out, _ = await cli(daemon.env, "status", "--json")
     assert json.loads(out)["connectionId"] == status["connectionId"]
+    assert json.loads(out)["state"] == "online"
 
     code, out, _ = await cli(daemon.env, "list")  # the platform's listing, as a table
     lines = out.splitlines()
@@ -104,6 +105,10 @@ async def test_commands_say_clearly_when_no_daemon_runs(tmp_path: Path) -> None:
     code, _, err = await cli(env, "status")
     assert code == exitcodes.ERROR
     assert err.startswith("envagent: no daemon is running") and err.count("\n") == 1
+    code, out, err = await cli(env, "status", "--json")  # still JSON, in the running one's shape
+    assert (code, err) == (exitcodes.ERROR, "")
+    assert set(json.loads(out)) == {"state", "reason"} and json.loads(out)["state"] == "stopped"
+    assert json.loads(out)["reason"].startswith("no daemon is running")
     code, _, err = await cli(env, "run", "--mode", "turbo")
     assert code == exitcodes.CONFIG
     assert "mode from flag --mode: unknown mode 'turbo'" in err
@@ -115,6 +120,28 @@ async def test_commands_say_clearly_when_no_daemon_runs(tmp_path: Path) -> None:
     code, _, err = await cli(env, "run")
     assert code == exitcodes.ERROR and err.count("\n") == 1
     assert f"cannot use the platform database {damaged}: file is not a database" in err
+
+
+LETTA = "https://api.letta.com"
+
+
+async def test_a_key_alone_means_letta_and_the_daemon_says_so(tmp_path: Path) -> None:
+    """LETTA_API_KEY with no base URL: api.letta.com, said in one line at start, without the
+    key. Every proxy variable names a closed port, so that nothing leaves the machine."""
+    key = "envk_a_key_alone_0123456789"
+    closed = f"http://127.0.0.1:{free_port()}"
+    proxies = {name: closed for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")}
+    env = {"LETTA_API_KEY": key, "NO_PROXY": "", "no_proxy": ""} | proxies
+    daemon = await start_daemon(tmp_path / "state", env=env)
+    try:
+        status = await daemon.wait_status(lambda status: status["lastError"] is not None)
+        assert (status["platformUrl"], status["embeddedPlatform"]) == (LETTA, False)
+        said = [r["message"] for r in daemon.log_records() if r["logger"] == "envagent.config"]
+        assert said == [f"an API key is set but no base URL: using {LETTA}"]
+        assert await daemon.stop() == exitcodes.OK
+        assert key not in daemon.stderr() and key not in "".join(daemon.stdout_lines)
+    finally:
+        await kill_all([daemon])
 
 
 async def test_registration_retries_until_the_platform_appears(

@@ -175,6 +175,12 @@ def test_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert listed == set(_HANDLERS)
 
 
+def test_no_arguments_prints_the_help_and_succeeds(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = envagent(capsys)
+    assert (code, err) == (exitcodes.OK, "")
+    assert out == exits(capsys, "--help")[1]
+
+
 def test_every_command_has_its_help(capsys: pytest.CaptureFixture[str]) -> None:
     """Each parser formats its help (a stray `%` in a help text would raise instead)."""
     paths = subcommands(build_parser())
@@ -199,7 +205,6 @@ def test_run_help_lists_every_settings_flag(capsys: pytest.CaptureFixture[str]) 
 @pytest.mark.parametrize(
     ("args", "line"),
     [
-        ([], "envagent: the following arguments are required: COMMAND"),
         (["status", "--bogus"], "envagent: unrecognized arguments: --bogus"),
         (["run", "--parent-pid", "0"], "envagent run: argument --parent-pid: expected a number"),
         (["config"], "envagent config: the following arguments are required: ACTION"),
@@ -327,6 +332,12 @@ async def test_the_entry_point_exits_with_the_code(
     assert got[2].startswith(err) and got[2].count("\n") == (1 if err else 0)
 
 
+async def test_a_bare_envagent_prints_the_help_and_exits_0() -> None:
+    code, out, err = await run_envagent()
+    assert (code, err) == (exitcodes.OK, "")
+    assert out.startswith("usage: envagent [-h] [--version] COMMAND ...\n")
+
+
 async def test_ctrl_c_ends_a_command_with_0_and_no_traceback() -> None:
     """`envagent status` waiting on a daemon that accepted and never answers: Ctrl-C ends it
     quietly, as a person who gave up waiting expects."""
@@ -364,7 +375,7 @@ async def test_ctrl_c_ends_a_command_with_0_and_no_traceback() -> None:
 LOADED_AFTER = """
 import json, sys
 from agent.cli.main import main
-for args in (["--help"], ["--version"], ["run", "--help"], ["nosuch"]):
+for args in ([], ["--help"], ["--version"], ["run", "--help"], ["nosuch"]):
     try:
         main(args)
     except SystemExit:

@@ -13,6 +13,7 @@ from agent.daemon.config import (
     ConfigError,
     LoadedSettings,
     Settings,
+    announce_implied_base_url,
     load_settings,
     render_settings,
 )
@@ -162,6 +163,33 @@ def test_letta_variables_beat_envagent_ones(
     assert only_envagent.sources[name] == f"env {envagent[0]}"
     assert _plain(getattr(both.settings, name)) == letta[1]
     assert _plain(getattr(only_envagent.settings, name)) == envagent[1]
+
+
+def test_a_key_without_a_base_url_means_letta(config_file: Path) -> None:
+    """As Letta Code and the SDK: a key alone is for api.letta.com, from any layer."""
+    assert load().settings.base_url is None  # no key: the embedded platform
+    from_env = load(env={"LETTA_API_KEY": KEY})
+    from_file = load(config_path=write_config(config_file, f'api_key = "{KEY}"\n'))
+    for loaded in (from_env, from_file):
+        assert loaded.settings.base_url == "https://api.letta.com"
+        assert loaded.sources["base_url"] == "default for an API key"
+    assert (
+        "base_url = https://api.letta.com  (default for an API key)"
+        in render_settings(from_env).splitlines()
+    )
+    given = load(env={"ENVAGENT_API_KEY": KEY, "ENVAGENT_BASE_URL": "http://own.test"})
+    assert given.settings.base_url == "http://own.test"
+
+
+def test_the_implied_base_url_is_said_once_without_the_key(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="envagent.config")
+    announce_implied_base_url(load(env={"LETTA_BASE_URL": "http://own.test", "LETTA_API_KEY": KEY}))
+    announce_implied_base_url(load())
+    assert caplog.messages == []
+    announce_implied_base_url(load(env={"LETTA_API_KEY": KEY}))
+    assert caplog.messages == ["an API key is set but no base URL: using https://api.letta.com"]
 
 
 def _plain(value: object) -> object:

@@ -166,6 +166,12 @@ async def test_platform_killed_and_restarted(start_platform: StartPlatform, spaw
     assert (after["id"], after["firstSeenAt"]) == (before["id"], before["firstSeenAt"])
     assert after["connectionId"] == status["connectionId"]
     assert status["registrations"] == 1  # the issued connection id survived the restart
+    said = [r["message"] for r in daemon.log_records() if r["message"].startswith("online as ")]
+    assert said == [  # once per process: a reconnect says nothing more
+        f"online as {status['connectionName']}: "
+        f"platform GET {platform.url}/v1/environments/{status['deviceId']}, "
+        f"local GET {await daemon.local_url()}/v1/environments"
+    ]
 
 
 @pytest.mark.slow  # over 5 s
