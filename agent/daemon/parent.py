@@ -1,7 +1,9 @@
 """Stop when the process that started us exits (`--parent-pid`), without ticking while idle.
 
 On Linux a pidfd becomes readable when the process exits, so the wait costs nothing. Elsewhere
-the pid is checked every few seconds.
+the process is looked at every few seconds with psutil, which knows it by pid and start time:
+a pid reused by another process after the parent's end, or a parent that has exited and not
+been reaped yet (a zombie), does not keep the daemon running.
 """
 
 from __future__ import annotations
@@ -9,6 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psutil
 
 POLL_S = 2.0
 
@@ -35,7 +41,13 @@ class ParentWatch:
         self._on_exit()
 
     async def _poll(self) -> None:
-        while _alive(self._pid):  # noqa: ASYNC110  # no event exists for this; see docstring
+        import psutil  # only where there is no pidfd: nowhere else does the daemon pay for it
+
+        try:
+            watched: psutil.Process | None = psutil.Process(self._pid)
+        except psutil.NoSuchProcess:
+            watched = None
+        while watched is not None and _running(watched):  # noqa: ASYNC110  # no event exists
             await asyncio.sleep(POLL_S)
         self._on_exit()
 
@@ -50,11 +62,13 @@ class ParentWatch:
             self._gone.cancel()
 
 
-def _alive(pid: int) -> bool:
+def _running(process: psutil.Process) -> bool:
+    """The very process that was watched, and not a zombie; another user's counts as alive."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:  # macOS hides another user's process details: it exists
         return True
-    return True

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -74,10 +75,14 @@ def start_parent() -> Iterator[StartParent]:
 
 
 def kill(child: subprocess.Popen[bytes]) -> None:
-    """Kill and reap: until reaped, a dead child is a zombie, which `kill(pid, 0)` still finds
-    (a real parent is reaped by its own parent)."""
+    """Kill and reap, as a real parent is reaped by its own parent."""
     child.kill()
     child.wait(WAIT_S)
+
+
+def process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (`Z`: exited, not reaped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 async def loop_turns(count: int = 3) -> None:
@@ -121,6 +126,24 @@ async def test_the_watch_fires_once_when_the_parent_is_killed(
     assert exits == [child.pid]
     assert pidfds() == before  # closed once it fired
     watch.cancel()  # after firing: nothing left to undo
+    assert exits == [child.pid]
+
+
+async def test_a_parent_that_exited_but_is_not_reaped_is_gone(
+    way: str, start_parent: StartParent
+) -> None:
+    """A zombie still has its pid (`kill(pid, 0)` finds it), but the parent is gone: its own
+    parent may take its time to reap it, and the daemon must not wait for that."""
+    child = start_parent()
+    child.kill()  # and not reaped until the fixture's end
+
+    async def state() -> str:
+        return process_state(child.pid)
+
+    await wait_for(state, lambda letter: letter == "Z")
+    exits: list[int] = []
+    ParentWatch(child.pid, lambda: exits.append(child.pid))
+    await until_called(exits)
     assert exits == [child.pid]
 
 
