@@ -77,7 +77,8 @@ def run_command(args: argparse.Namespace) -> int:
     loaded = _load(args)
     settings = loaded.settings
     try:
-        setup_logging(debug=settings.debug, human=args.foreground, log_file=settings.log_file)
+        human = True if args.foreground else None  # else as suits where stderr goes
+        setup_logging(debug=settings.debug, human=human, log_file=settings.log_file)
         announce_implied_base_url(loaded)
         if settings.api_key is not None:
             register_secret(settings.api_key.get_secret_value())

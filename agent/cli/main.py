@@ -141,6 +141,13 @@ def _platform_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     serve.add_argument("--max-body-bytes", type=positive_int, default=64 * 1024)
     serve.add_argument("--max-frame-bytes", type=positive_int, default=64 * 1024)
     serve.add_argument("--debug", action="store_true", help="log every decision")
+    serve.add_argument(
+        "--log-format",
+        choices=("auto", "human", "json"),
+        default="auto",
+        help="log lines on stderr: human or one JSON object each; auto (default): human on a "
+        "terminal, JSON otherwise (a service's journal, a pipe)",
+    )
 
     keys = platform_commands.add_parser("keys", help="API keys of the reference platform")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

@@ -37,8 +37,12 @@ def _database(args: argparse.Namespace) -> Path | str:
     return given if is_postgres(given) else Path(given).absolute()
 
 
+LOG_FORMATS = {"auto": None, "human": True, "json": False}
+"""`--log-format` as `setup_logging` takes it: None suits where stderr goes."""
+
+
 def serve_command(args: argparse.Namespace) -> int:
-    setup_logging(debug=args.debug, human=False)
+    setup_logging(debug=args.debug, human=LOG_FORMATS[args.log_format])
     database = _database(args)
     if args.workers > 1:
         if not isinstance(database, str):

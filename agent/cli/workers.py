@@ -55,6 +55,7 @@ def _pod_command(args: argparse.Namespace, port: int, pod_id: str) -> list[str]:
         "--max-frame-bytes", str(args.max_frame_bytes),
         "--pod-heartbeat-s", str(args.pod_heartbeat_s),
         "--pod-fence-after-s", str(args.pod_fence_after_s),
+        "--log-format", args.log_format,
         *(["--debug"] if args.debug else []),
     ]  # fmt: skip
 

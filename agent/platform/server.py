@@ -215,7 +215,7 @@ class Collector:
         freed = gc.collect()
         gc.freeze()
         self._blocks = sys.getallocatedblocks()
-        log.info(
+        log.debug(  # routine: the start-up walk, then one per quarter of growth or of closes
             "full garbage collection: %d objects freed in %.0f ms",
             freed,
             (time.monotonic() - started) * 1000,

@@ -105,7 +105,9 @@ def under_journald(stream: TextIO) -> bool:
     return expected == f"{stat.st_dev}:{stat.st_ino}"
 
 
-def _stderr_formatter(human: bool) -> logging.Formatter:
+def _stderr_formatter(human: bool | None) -> logging.Formatter:
+    if human is False:  # JSON was asked for: wherever stderr goes
+        return JsonFormatter()
     if under_journald(sys.stderr):
         return JournaldFormatter()
     if human or sys.stderr.isatty():
@@ -113,8 +115,10 @@ def _stderr_formatter(human: bool) -> logging.Formatter:
     return JsonFormatter()
 
 
-def setup_logging(*, debug: bool, human: bool, log_file: Path | None = None) -> None:
-    """Configure the root logger for the daemon or a CLI command.
+def setup_logging(*, debug: bool, human: bool | None, log_file: Path | None = None) -> None:
+    """Configure the root logger for the daemon or a CLI command. On stderr: `human` lines
+    (the journal's own format under journald), JSON when `human` is False, and when it is
+    None whatever suits where stderr goes (the journal, a terminal, else JSON).
 
     Raises UnusableFile when `log_file` cannot be opened as a private file."""
     root = logging.getLogger()

@@ -5,8 +5,11 @@ refusal as one line with its exit code."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import pty
 import socket
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +23,7 @@ from agent.support import exitcodes
 from agent.support.paths import platform_state_dir
 from tests.conftest import StartPlatform
 from tests.daemon_helpers import cli
-from tests.helpers import Platform
+from tests.helpers import WAIT_S, Platform
 
 KEY_COLUMNS = ["ORGANIZATION", "USER", "OWNER", "ROLE", "CREATED", "FINGERPRINT"]
 
@@ -208,3 +211,44 @@ async def test_keys_on_postgresql_by_flag_or_environment_never_print_the_passwor
     assert code == 0, err
     assert "org-a" in listed and "u-1" in listed
     assert "hunter2" not in out + err + listed
+
+
+@pytest.mark.parametrize(("asked", "expected"), [((), "human"), (("--log-format", "json"), "json")])
+async def test_serve_logs_human_lines_on_a_terminal_and_json_when_asked(
+    tmp_path: Path, asked: tuple[str, ...], expected: str
+) -> None:
+    primary, terminal = pty.openpty()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "platform", "serve", "--port", "0",
+        "--db", str(tmp_path / "p.db"), *asked,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=terminal,
+    )  # fmt: skip
+    os.close(terminal)
+    try:
+        line = await asyncio.wait_for(
+            asyncio.to_thread(_line_with, primary, "listening on"), WAIT_S
+        )
+    finally:
+        process.terminate()
+        await process.wait()
+        os.close(primary)
+    if expected == "json":
+        assert json.loads(line)["message"].startswith("platform ")
+    else:
+        assert " INFO envagent.platform: platform " in line and line[0].isdigit()
+
+
+def _line_with(fd: int, text: str) -> str:
+    """The first line read from `fd` that holds `text`; what was read when the terminal ends."""
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the other side closed
+            chunk = b""
+        seen += chunk
+        for line in seen.decode(errors="replace").splitlines():
+            if text in line:
+                return line.strip()
+        if not chunk:
+            return seen.decode(errors="replace")

@@ -144,14 +144,14 @@ def test_journald_is_recognised_only_by_the_stream_s_own_device_and_inode(
 @pytest.mark.usefixtures("logging_restored")
 @pytest.mark.parametrize(
     ("journal", "human", "expected"),
-    [(False, False, "json"), (True, False, "journald"), (True, True, "journald"),
-     (False, True, "human")],
+    [(False, None, "json"), (True, None, "journald"), (True, True, "journald"),
+     (False, True, "human"), (False, False, "json"), (True, False, "json")],
 )  # fmt: skip
 def test_stderr_gets_the_format_of_where_it_goes(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     journal: bool,
-    human: bool,
+    human: bool | None,
     expected: str,
 ) -> None:
     with (tmp_path / "stderr").open("w") as stderr:
