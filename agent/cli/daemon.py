@@ -29,7 +29,7 @@ from agent.machine.metadata import MetadataCollector
 from agent.platform.client import PlatformClient, differences, find_own_row
 from agent.protocol.constants import ONLINE_WINDOW_MS
 from agent.protocol.httpapi import ClientError
-from agent.protocol.models import DaemonStatus, EnvironmentRow, parse_mode
+from agent.protocol.models import DaemonStatus, EnvironmentRow, StoppedStatus, parse_mode
 from agent.support import exitcodes
 from agent.support.clock import now_ms
 from agent.support.files import UnusableFile, private_dir
@@ -152,7 +152,7 @@ def status_command(args: argparse.Namespace) -> int:
 def _print_stopped(why: NoDaemon) -> int:
     """`status --json` with no daemon: still JSON, with the running daemon's `state` key, so
     that a tool reads one shape; the exit code stays ERROR, as for the human line."""
-    print(json.dumps({"state": "stopped", "reason": str(why)}, indent=2))
+    print(json.dumps(StoppedStatus(reason=str(why)).to_wire(), indent=2))
     return exitcodes.ERROR
 
 

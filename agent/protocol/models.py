@@ -508,6 +508,14 @@ class DaemonStatus(CamelModel):
     node: NodeReport | None
 
 
+class StoppedStatus(CamelModel):
+    """`envagent status --json` when no daemon runs: the running one's `state` key, so that a
+    tool reads one shape, and why."""
+
+    state: Literal["stopped"] = "stopped"
+    reason: str
+
+
 class Health(CamelModel):
     """`GET /healthz`: `ok` only while heartbeats are being answered."""
 
