@@ -20,6 +20,11 @@ import httpx
 from agent.localapi.routes import LocalApiAddress
 from tests.helpers import WAIT_S, wait_for
 
+NETWORK_ENV = frozenset(
+    ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+)
+"""What decides how a daemon reaches its platform (agent/support/proxy.py, tls.py), either case."""
+
 
 def online(status: dict[str, Any]) -> bool:
     """The daemon is connected and the platform has answered a heartbeat."""
@@ -107,11 +112,14 @@ async def start_daemon(
     cwd: Path | None = None,
     instance: str | None = None,
 ) -> DaemonProcess:
-    """Start `envagent run` with its own XDG dirs; the caller stops it (or the fixture does)."""
+    """Start `envagent run` with its own XDG dirs; the caller stops it (or the fixture does).
+
+    Nor does it inherit the proxy and CA variables of the machine running the tests: a test
+    that wants one sets it in `env`."""
     environ = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("LETTA_", "ENVAGENT_", "XDG_"))
+        if not key.startswith(("LETTA_", "ENVAGENT_", "XDG_")) and key.upper() not in NETWORK_ENV
     }
     environ |= {
         "XDG_STATE_HOME": str(state_dir),

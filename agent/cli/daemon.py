@@ -112,7 +112,7 @@ def _attach(held: AlreadyRunning) -> int:
 
 def _banner(daemon: Daemon) -> None:
     """The lines a person needs to check what the platform sees, printed once at start."""
-    status = daemon.status()
+    status = daemon.status(measure_process=False)  # psutil stays unloaded until asked for
     platform = daemon.platform
     key_file = embedded_key_file(daemon.settings.listener_instance_id)
     auth = f"$(cat {key_file})" if platform.embedded else "$LETTA_API_KEY"
@@ -174,11 +174,23 @@ def _describe_status(status: DaemonStatus) -> str:
         ),
         ("last error", status.last_error or "-"),
         ("node", f"{node.version} ({node.found_via}: {node.path})" if node and node.path else "-"),
-        ("pid", f"{status.pid}, up {status.uptime_s:.0f} s"),
+        ("process", _describe_process(status)),
         ("local API", status.local_api),
         ("log", status.log_path or "stderr"),
     ]
     return "\n".join(f"{label:<11} {value}" for label, value in rows)
+
+
+def _describe_process(status: DaemonStatus) -> str:
+    """The pid and uptime, and what the process costs when the daemon measured it."""
+    line = f"pid {status.pid}, up {status.uptime_s:.0f} s"
+    process = status.process
+    if process is None:  # a daemon older than the process block
+        return line
+    return (
+        f"{line}, RSS {process.rss_bytes / 2**20:.1f} MiB, CPU {process.cpu_seconds:.2f} s, "
+        f"{process.open_files} open files, {process.threads} threads"
+    )
 
 
 def _platform_client(settings: Settings, status: DaemonStatus | None) -> PlatformClient:
@@ -186,7 +198,8 @@ def _platform_client(settings: Settings, status: DaemonStatus | None) -> Platfor
     if settings.base_url is not None:
         if settings.api_key is None:
             raise ClientError(f"no API key for {settings.base_url}: set LETTA_API_KEY")
-        return PlatformClient(settings.base_url, settings.api_key.get_secret_value())
+        key = settings.api_key.get_secret_value()
+        return PlatformClient(settings.base_url, key, ca_file=settings.ca_file)
     if status is None or not status.embedded_platform:
         raise ClientError("no platform configured (set LETTA_BASE_URL) and no daemon running")
     key_file = embedded_key_file(settings.listener_instance_id)
@@ -194,7 +207,7 @@ def _platform_client(settings: Settings, status: DaemonStatus | None) -> Platfor
         key = key_file.read_text().strip()
     except OSError as exc:
         raise ClientError(f"cannot read the development key {key_file}: {exc.strerror}") from None
-    return PlatformClient(status.platform_url, key)
+    return PlatformClient(status.platform_url, key, proxied=False)
 
 
 def _verify(client: LocalClient, platform: PlatformClient) -> int:
@@ -270,12 +283,8 @@ def render_table(rows: list[EnvironmentRow], now: int) -> str:
 @_one_line_for_unusable_files
 def mode_command(args: argparse.Namespace) -> int:
     client = _local_client(_load(args).settings)
-    if args.mode_command == "set":
-        try:
-            mode = parse_mode(args.value)
-        except ValueError as exc:
-            return fail(str(exc), exitcodes.CONFIG)
-        print(client.set_mode(mode))
+    if args.mode_command == "set":  # the parser took only a known mode: this types it
+        print(client.set_mode(parse_mode(args.value)))
     else:
         print(client.get_mode())
     return exitcodes.OK

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 from agent import __version__
+from agent.cli import completion as cli_completion
 from agent.cli import upgrade as cli_upgrade
 from agent.cli.common import (
     SETTING_FLAGS,
+    SUBCOMMANDS_HELP,
     fail,
     port,
     positive_float,
@@ -18,6 +21,7 @@ from agent.cli.common import (
     process_id,
     settings_flags,
 )
+from agent.cli.helpformat import HelpFormatter
 from agent.platform.access import ROLES
 from agent.protocol.models import MODES
 from agent.support import exitcodes
@@ -25,7 +29,11 @@ from agent.support import exitcodes
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line like every other refusal (exit 2, CONFIG);
-    every subcommand's parser is one of these too."""
+    every subcommand's parser is one of these too, with the same help formatter."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(exitcodes.CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
@@ -37,13 +45,36 @@ def build_parser() -> argparse.ArgumentParser:
         prog="envagent", description="Make this machine visible to a coding platform."
     )
     parser.add_argument("--version", action="version", version=f"envagent {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help=SUBCOMMANDS_HELP
+    )
 
-    run = commands.add_parser("run", help="run the daemon")
+    run = commands.add_parser(
+        "run",
+        help="run the daemon",
+        description="Run the daemon: register with the platform, keep its WebSocket open and "
+        "serve the local API. Each setting comes from its flag, else its environment variable "
+        "(ENVAGENT_<SETTING>, LETTA_API_KEY, LETTA_BASE_URL), else the config file.",
+    )
     settings_flags(run, list(SETTING_FLAGS))
-    run.add_argument("--foreground", action="store_true", help="human logs on the terminal")
-    run.add_argument("--debug", action="store_true", default=None, help="show every frame")
-    run.add_argument("--parent-pid", type=process_id, help="stop when this process exits")
+    run.add_argument(
+        "--foreground",
+        action="store_true",
+        help="log human lines on stderr even when it is not a terminal (without it: human "
+        "lines on a terminal, JSON elsewhere)",
+    )
+    run.add_argument(
+        "--debug",
+        action="store_true",
+        default=None,
+        help="log at debug level: every frame sent and received",
+    )
+    run.add_argument(
+        "--parent-pid",
+        type=process_id,
+        metavar="PID",
+        help="send disconnect and exit 0 when this process exits (a coding tool's own pid)",
+    )
     run.add_argument(
         "--attach",
         action="store_true",
@@ -52,85 +83,148 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="what the running daemon is doing")
     settings_flags(status, ["listener_instance_id", "base_url"])
-    status.add_argument("--json", action="store_true", help="the status as JSON")
     status.add_argument(
-        "--verify", action="store_true", help="compare the platform's row with the local one"
+        "--json",
+        action="store_true",
+        help='the status as JSON; with no daemon, {"state": "stopped", "reason": ...} and exit 1',
+    )
+    status.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare the platform's row with the daemon's own; exit 1 on a difference",
     )
 
     listing = commands.add_parser("list", help="the environments a listing shows")
     settings_flags(listing, ["listener_instance_id", "base_url"])
     where = listing.add_mutually_exclusive_group()
-    where.add_argument("--local", action="store_true", help="the daemon's own listing")
-    where.add_argument("--platform", action="store_true", help="the platform's (default)")
-    listing.add_argument("--online-only", action="store_true")
-    listing.add_argument("--json", action="store_true")
+    where.add_argument(
+        "--local", action="store_true", help="the daemon's own listing, from its local API"
+    )
+    where.add_argument(
+        "--platform",
+        action="store_true",
+        help="the platform's listing (what it does without --local)",
+    )
+    listing.add_argument(
+        "--online-only", action="store_true", help="only the environments online now"
+    )
+    listing.add_argument("--json", action="store_true", help="the rows as JSON, not a table")
 
     mode = commands.add_parser("mode", help="get or set the running daemon's mode")
     settings_flags(mode, ["listener_instance_id"])
-    mode_commands = mode.add_subparsers(dest="mode_command")
-    mode_commands.add_parser("get")
-    mode_set = mode_commands.add_parser("set")
-    mode_set.add_argument("value", metavar="MODE", help=", ".join(MODES))
+    mode_commands = mode.add_subparsers(
+        dest="mode_command", metavar="ACTION", help="get (what a bare `envagent mode` does) or set"
+    )
+    mode_commands.add_parser("get", help="print the running daemon's mode")
+    mode_set = mode_commands.add_parser(
+        "set", help="change the running daemon's mode; it is saved across restarts"
+    )
+    mode_set.add_argument("value", metavar="MODE", choices=MODES, help="%(choices)s")
 
     metadata = commands.add_parser("metadata", help="what this machine would report")
     settings_flags(metadata, ["workdir", "client_version"])
 
     config = commands.add_parser("config", help="the settings in effect")
-    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    config_commands = config.add_subparsers(
+        dest="config_command", required=True, metavar="ACTION", help=SUBCOMMANDS_HELP
+    )
     show = config_commands.add_parser("show", help="each setting and where it came from")
     settings_flags(show, list(SETTING_FLAGS))
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check everything this machine needs to show up on the platform",
+        description="Check the settings, the way to the platform (DNS, TCP, proxy, TLS), "
+        "registration, the WebSocket upgrade, the clock, node, git, self-update, the service "
+        "and the running daemon; each with a verdict and the fix. Exits 0 when none fails.",
+    )
+    settings_flags(doctor, list(SETTING_FLAGS))
+    doctor.add_argument("--json", action="store_true", help="the report as JSON, for tools")
+    doctor.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show every check's details, not only failures'",
+    )
 
     _platform_parser(commands)
     cli_upgrade.register(commands)
     from agent.cli.service import register as register_service
 
     register_service(commands)
+    cli_completion.register(commands)
     return parser
 
 
 def _platform_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     platform = commands.add_parser("platform", help="the reference platform")
     platform_commands = platform.add_subparsers(
-        dest="platform_command", required=True, metavar="ACTION"
+        dest="platform_command", required=True, metavar="ACTION", help=SUBCOMMANDS_HELP
     )
 
     serve = platform_commands.add_parser("serve", help="run the reference platform")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=port, default=8283, help="0 picks a free port")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument(
+        "--port", type=port, default=8283, help="port to listen on; 0 picks a free one"
+    )
+    tls_cert = serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="serve HTTPS and wss:// with this PEM certificate chain (needs --tls-key)",
+    )
+    tls_key = serve.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="the PEM private key of --tls-cert"
+    )
+    cli_completion.complete_path(tls_cert, "file")
+    cli_completion.complete_path(tls_key, "file")
     _database_flag(serve)
     serve.add_argument(
-        "--heartbeat-ms", type=positive_int, default=30_000, help="period given to daemons"
+        "--heartbeat-ms",
+        type=positive_int,
+        default=30_000,
+        metavar="MS",
+        help="heartbeat period the daemons are given",
     )
     serve.add_argument(
         "--online-window-ms",
         type=positive_int,
         default=120_000,
+        metavar="MS",
         help="a row is online while its last heartbeat is younger than this",
     )
     serve.add_argument(
         "--transport-ping-s",
         type=positive_float,
         default=30.0,
-        help="WebSocket ping period; half-open sockets are dropped after 1.5 periods",
+        metavar="S",
+        help="WebSocket ping period in seconds; half-open sockets are dropped after 1.5 periods",
     )
     serve.add_argument(
         "--pod-id",
+        metavar="ID",
         help="this process's name among the pods sharing a PostgreSQL database "
         "(default: host-pid; keep it across restarts to free its rows at once)",
     )
     serve.add_argument(
-        "--pod-heartbeat-s", type=positive_float, default=2.0, help="lease renewal period"
+        "--pod-heartbeat-s",
+        type=positive_float,
+        default=2.0,
+        metavar="S",
+        help="seconds between renewals of this pod's lease in the database",
     )
     serve.add_argument(
         "--pod-fence-after-s",
         type=positive_float,
         default=10.0,
-        help="a pod silent this long is fenced and its connections marked lost",
+        metavar="S",
+        help="a pod silent this many seconds is fenced and its connections marked lost",
     )
     serve.add_argument(
         "--workers",
         type=positive_int,
         default=1,
+        metavar="N",
         help="pods to run on this one port (SO_REUSEPORT); needs a PostgreSQL database",
     )
     serve.add_argument(
@@ -138,28 +232,42 @@ def _platform_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
         action="store_true",
         help="share the port with other platform processes (what --workers does)",
     )
-    serve.add_argument("--max-body-bytes", type=positive_int, default=64 * 1024)
-    serve.add_argument("--max-frame-bytes", type=positive_int, default=64 * 1024)
+    serve.add_argument(
+        "--max-body-bytes",
+        type=positive_int,
+        default=64 * 1024,
+        metavar="N",
+        help="largest HTTP request body taken; a larger one gets 413",
+    )
+    serve.add_argument(
+        "--max-frame-bytes",
+        type=positive_int,
+        default=64 * 1024,
+        metavar="N",
+        help="largest WebSocket frame taken from a daemon; a larger one closes its socket",
+    )
     serve.add_argument("--debug", action="store_true", help="log every decision")
     serve.add_argument(
         "--log-format",
         choices=("auto", "human", "json"),
         default="auto",
-        help="log lines on stderr: human or one JSON object each; auto (default): human on a "
+        help="log lines on stderr: human, one JSON object each, or auto: human on a "
         "terminal, JSON otherwise (a service's journal, a pipe)",
     )
 
     keys = platform_commands.add_parser("keys", help="API keys of the reference platform")
-    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    keys_commands = keys.add_subparsers(
+        dest="keys_command", required=True, metavar="ACTION", help=SUBCOMMANDS_HELP
+    )
     create = keys_commands.add_parser("create", help="make a key and print it, once")
     create.add_argument("--org", required=True, help="organization the key belongs to")
     create.add_argument("--user", required=True, help="user the key belongs to")
-    create.add_argument("--owner", help="name shown as apiKeyOwner in the listing")
+    create.add_argument("--owner", help="a label for the key, shown as apiKeyOwner in the listing")
     create.add_argument(
         "--role",
         choices=ROLES,
         default="member",
-        help="member (default): steers only its user's environments; "
+        help="member: steers only its user's environments; "
         "admin: every environment of its organization",
     )
     _database_flag(create)
@@ -168,13 +276,14 @@ def _platform_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _database_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    database = parser.add_argument(
         "--database",
         "--db",
         metavar="FILE_OR_URL",
         help="a SQLite file, or a postgresql:// URL shared by several platform processes "
         "(default: $ENVAGENT_DATABASE_URL, else a SQLite file in the XDG state dir)",
     )
+    cli_completion.complete_path(database, "file")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,10 +336,21 @@ def _daemon_command(args: argparse.Namespace) -> int:
     return commands[args.command](args)
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from agent.cli.doctor import doctor_command
+
+    return doctor_command(args)
+
+
 def _service(args: argparse.Namespace) -> int:
     from agent.cli.service import run
 
     return run(args)
+
+
+def _completion(args: argparse.Namespace) -> int:
+    print(cli_completion.script(build_parser(), args.shell).rstrip("\n"))
+    return exitcodes.OK
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -240,9 +360,11 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "mode": _daemon_command,
     "metadata": _daemon_command,
     "config": _daemon_command,
+    "doctor": _doctor,
     "platform": _platform,
     "service": _service,
     "upgrade": cli_upgrade.run,
+    "completion": _completion,
 }
 """Each command's handler. Each imports its module when called, so that a command loads only
 what it needs (`--version` and `--help` load none of them)."""

@@ -16,7 +16,7 @@ from agent.cli.workers import run_workers
 from agent.platform.access import ApiKey
 from agent.platform.dblock import DatabaseInUse
 from agent.platform.keys import create_key
-from agent.platform.server import serve_forever
+from agent.platform.server import TlsFilesError, serve_forever
 from agent.platform.settings import PlatformSettings, default_db
 from agent.platform.store.base import Store, StoredKey, describe_location, is_postgres
 from agent.platform.store.opening import open_store
@@ -43,6 +43,8 @@ LOG_FORMATS = {"auto": None, "human": True, "json": False}
 
 def serve_command(args: argparse.Namespace) -> int:
     setup_logging(debug=args.debug, human=LOG_FORMATS[args.log_format])
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return fail("--tls-cert and --tls-key go together", exitcodes.CONFIG)
     database = _database(args)
     if args.workers > 1:
         if not isinstance(database, str):
@@ -65,12 +67,16 @@ def serve_command(args: argparse.Namespace) -> int:
         pod_heartbeat_s=args.pod_heartbeat_s,
         pod_fence_after_s=args.pod_fence_after_s,
         reuse_port=args.reuse_port,
+        tls_cert=args.tls_cert and args.tls_cert.absolute(),
+        tls_key=args.tls_key and args.tls_key.absolute(),
         **({"pod_id": args.pod_id} if args.pod_id else {}),
     )
     try:
         asyncio.run(serve_forever(settings))
     except DatabaseInUse as exc:
         return fail(str(exc), exitcodes.ALREADY_RUNNING)
+    except TlsFilesError as exc:
+        return fail(str(exc), exitcodes.CONFIG)
     except OSError as exc:
         return fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror}")
     return exitcodes.OK

@@ -6,7 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from agent.cli.common import fail, positive_int, settings_flags
+from agent.cli.common import SUBCOMMANDS_HELP, fail, positive_int, settings_flags
+from agent.cli.completion import complete_path
 from agent.daemon.config import CONFIG_ENV, load_settings
 from agent.service.detect import default_manager
 from agent.service.target import MANAGERS, ServiceError, resolve_target, service_spec
@@ -18,7 +19,12 @@ DEFAULT_LOG_LINES = 100
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `service install|uninstall|status|logs` to the `envagent` parser."""
     service = commands.add_parser("service", help="run envagent as a systemd or launchd service")
-    actions = service.add_subparsers(dest="service_command", required=True, metavar="ACTION")
+    actions = service.add_subparsers(
+        dest="service_command",
+        required=True,
+        metavar="ACTION",
+        help=SUBCOMMANDS_HELP,
+    )
 
     setup = actions.add_parser(
         "install",
@@ -41,7 +47,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     _common(logs)
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     logs.add_argument(
-        "-n", "--lines", type=positive_int, default=DEFAULT_LOG_LINES, help="lines to show first"
+        "-n",
+        "--lines",
+        type=positive_int,
+        default=DEFAULT_LOG_LINES,
+        metavar="N",
+        help="lines to show first",
     )
 
 
@@ -74,13 +85,14 @@ def _writes(parser: argparse.ArgumentParser, dry_run_help: str) -> None:
     # Either: a dry run shows the paths of a real install, not those under a --root.
     writes = parser.add_mutually_exclusive_group()
     writes.add_argument("--dry-run", action="store_true", help=dry_run_help)
-    writes.add_argument(
+    root = writes.add_argument(
         "--root",
         type=Path,
         metavar="DIR",
         help="write under DIR instead of / and print the commands instead of running them "
         "(for an image or a package)",
     )
+    complete_path(root, "directory")
 
 
 def run(args: argparse.Namespace) -> int:

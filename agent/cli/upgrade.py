@@ -10,6 +10,8 @@ import argparse
 import shlex
 from pathlib import Path
 
+from agent.cli.common import config_flag
+from agent.cli.completion import complete_path
 from agent.support import exitcodes
 
 
@@ -21,7 +23,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "the environment's pip (or uv), and check that it starts. An editable, system or "
         "read-only install is refused with the reason, and nothing is changed.",
     )
-    parser.add_argument(
+    find_links = parser.add_argument(
         "--find-links",
         dest="upgrade_find_links",
         type=Path,
@@ -29,8 +31,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="install only from the wheels in DIR, not from the package index "
         "(default: the upgrade_find_links setting)",
     )
+    complete_path(find_links, "directory")
     parser.add_argument("--dry-run", action="store_true", help="print what would run and stop")
-    parser.add_argument("--config", type=Path, help="config file (default: XDG config dir)")
+    config_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:

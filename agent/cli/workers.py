@@ -57,6 +57,8 @@ def _pod_command(args: argparse.Namespace, port: int, pod_id: str) -> list[str]:
         "--pod-fence-after-s", str(args.pod_fence_after_s),
         "--log-format", args.log_format,
         *(["--debug"] if args.debug else []),
+        *(["--tls-cert", str(args.tls_cert.absolute())] if args.tls_cert else []),
+        *(["--tls-key", str(args.tls_key.absolute())] if args.tls_key else []),
     ]  # fmt: skip
 
 

@@ -92,6 +92,9 @@ class Settings(BaseModel):
     upgrade_find_links: Path | None = None
     """Upgrade only from the wheels in this folder (`--no-index --find-links`): an offline
     mirror. Only the daemon's own settings name it: the platform cannot choose the source."""
+    ca_file: Path | None = None
+    """Trust only the CAs in this PEM file to reach the platform; None: SSL_CERT_FILE, else
+    REQUESTS_CA_BUNDLE, else the system's store (`agent.support.tls`)."""
 
     @field_validator("api_key")
     @classmethod
@@ -113,7 +116,7 @@ class Settings(BaseModel):
             )
         return value.strip().rstrip("/")
 
-    @field_validator("workdir", "local_api_socket", "log_file", "upgrade_find_links")
+    @field_validator("workdir", "local_api_socket", "log_file", "upgrade_find_links", "ca_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else Path(os.path.abspath(value.expanduser()))

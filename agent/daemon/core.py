@@ -24,10 +24,12 @@ from agent.daemon.config import Platform, Settings
 from agent.daemon.environment import Environment
 from agent.daemon.link import Link
 from agent.daemon.lock import EMBEDDED, InstanceLock, LockHolder
+from agent.daemon.metrics import daemon_families
 from agent.daemon.notify import Notifier
 from agent.daemon.parent import ParentWatch
 from agent.daemon.progress import Progress
 from agent.daemon.session.policy import Random
+from agent.daemon.session.route import Route, UnusableProxy
 from agent.daemon.state import StateStore, state_path
 from agent.localapi.routes import LocalApi, LocalApiAddress, load_or_create_token
 from agent.machine.metadata import MetadataCollector
@@ -36,7 +38,9 @@ from agent.support import exitcodes
 from agent.support.exitcodes import Finished
 from agent.support.files import private_dir, save_private
 from agent.support.logs import register_secret
+from agent.support.metrics import Exposition, Rendered
 from agent.support.paths import instance_file, state_dir
+from agent.support.tls import CAFileError, client_trust
 
 log = logging.getLogger("envagent")
 
@@ -60,6 +64,7 @@ class Daemon:
         self._environment: Environment | None = None
         self._commands = Commands(self)
         self._progress = Progress()
+        self._metrics = Exposition(lambda: daemon_families(self._progress))
         self._local_api: LocalApi | None = None
         self._notifier = Notifier()
         self._restart = False
@@ -98,13 +103,17 @@ class Daemon:
     def health(self) -> Health:
         return self._progress.health()
 
-    def status(self) -> DaemonStatus:
+    def status(self, *, measure_process: bool = True) -> DaemonStatus:
         return self._progress.status(
             self.environment,
             self.platform,
             local_api=self._local_api.url if self._local_api else "",
             log_file=self.settings.log_file,
+            measure_process=measure_process,
         )
+
+    def metrics(self) -> Rendered:
+        return self._metrics.render()
 
     def request_restart(self, why: str) -> None:
         """Stop the session cleanly, then exit with RESTART so that the new version starts.
@@ -125,10 +134,11 @@ class Daemon:
         """
         try:
             async with contextlib.AsyncExitStack() as cleanup:
-                await self._start(cleanup)
+                route = await self._start(cleanup)
                 await Link(
                     settings=self.settings,
                     platform=self.platform,
+                    route=route,
                     environment=self.environment,
                     commands=self._commands,
                     progress=self._progress,
@@ -145,10 +155,12 @@ class Daemon:
             self._notifier.stopping()
             self._notifier.close()
 
-    async def _start(self, cleanup: contextlib.AsyncExitStack) -> None:
-        """Everything local, in order, each undone on the way out: never waits for the platform."""
+    async def _start(self, cleanup: contextlib.AsyncExitStack) -> Route:
+        """Everything local, in order, each undone on the way out: never waits for the platform.
+        Returns how to reach it."""
         settings, instance = self.settings, self.settings.listener_instance_id
         self._install_signal_handlers()  # first: a SIGTERM during start is a clean stop too
+        route = await self._open_route()
         await asyncio.to_thread(private_dir, state_dir())
         self._environment = environment = await Environment.load(
             StateStore(state_path(instance)),
@@ -195,6 +207,21 @@ class Daemon:
         self._notifier.ready(f"started; local API at {url}")
         if self._on_ready is not None:
             self._on_ready(self)
+        return route
+
+    async def _open_route(self) -> Route:
+        """How to reach the platform, checked before anything starts: a CA file or a proxy that
+        cannot be used ends the run with one line and CONFIG, as a bad setting does."""
+        url = self.settings.base_url
+        try:
+            trust = await asyncio.to_thread(client_trust, self.settings.ca_file)
+            route = Route(trust, proxied=url is not None)  # the embedded platform: directly
+            if url is not None:
+                route.proxy(url)
+        except (CAFileError, UnusableProxy) as exc:
+            log.error("%s", exc)
+            raise Finished(exitcodes.CONFIG) from None
+        return route
 
     async def _open_platform(self, cleanup: contextlib.AsyncExitStack) -> Platform:
         settings = self.settings

@@ -25,7 +25,7 @@ class EmbeddedPlatformError(Exception):
 
 def _settings(instance_id: str | None) -> PlatformSettings:
     folder = instance_file("embedded-platform", instance_id)
-    return PlatformSettings(port=0, db=folder / "platform.db")
+    return PlatformSettings(port=0, db=folder / "platform.db", loop_lag_probe=False)
 
 
 def embedded_key_file(instance_id: str | None) -> Path:

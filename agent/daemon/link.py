@@ -21,7 +21,7 @@ from agent.daemon.commands import Commands
 from agent.daemon.config import Platform, Settings
 from agent.daemon.environment import Environment
 from agent.daemon.notify import Notifier
-from agent.daemon.progress import Progress
+from agent.daemon.progress import Progress, State
 from agent.daemon.session.connection import Session, SessionEnd, socket_url
 from agent.daemon.session.policy import CloseAction, Random, ReconnectPolicy, heartbeat_period
 from agent.daemon.session.register import (
@@ -29,6 +29,7 @@ from agent.daemon.session.register import (
     TransientRegistrationError,
     register,
 )
+from agent.daemon.session.route import Route
 from agent.daemon.state import LastConnection
 from agent.protocol.models import (
     ExecuteCommandFrame,
@@ -59,6 +60,7 @@ class Link:
         *,
         settings: Settings,
         platform: Platform,
+        route: Route,
         environment: Environment,
         commands: Commands,
         progress: Progress,
@@ -69,6 +71,7 @@ class Link:
     ) -> None:
         self._settings = settings
         self._platform = platform
+        self._route = route
         self._environment = environment
         self._commands = commands
         self._progress = progress
@@ -83,7 +86,10 @@ class Link:
         """Until stopped; raises Finished when the key is refused or another process takes over.
 
         A stop is seen wherever it comes: in a request, a session or a wait between them."""
-        async with httpx.AsyncClient() as client:
+        platform = self._platform
+        if not platform.embedded:
+            log.info("reaching %s %s", platform.url, self._route.described(platform.url))
+        async with self._route.http_client(platform.url) as client:
             await self._keep_up(client)
 
     async def _keep_up(self, client: httpx.AsyncClient) -> None:
@@ -135,6 +141,7 @@ class Link:
             api_key=self._platform.api_key,
             connection_id=reply.connection_id,
             url=socket_url(reply.ws_url, self._environment.device_id, self._environment.name),
+            route=self._route,
             heartbeat_s=self._progress.heartbeat_s,
             rand=self._rand,
             stopping=self._stopping,
@@ -159,6 +166,7 @@ class Link:
         failure = attempt.outcome.exception() if attempt.outcome else None
         assert isinstance(failure, SessionLost)
         end, policy = failure.end, self._policy
+        self._progress.reconnects[end.cause] += 1
         policy.stable_after_s = self._progress.heartbeat_s  # the platform may assign a new one
         if end.connected_at is not None:
             policy.connected(end.connected_at)
@@ -197,6 +205,7 @@ class Link:
             self._platform.url,
             self._platform.api_key,
             request,
+            route=self._route,
             rand=self._rand,
             sleep=asyncio.sleep,
             on_retry=self._registration_failed,
@@ -205,6 +214,7 @@ class Link:
             reply = await self._unless_stopped(attempts)
         except RegistrationRefused as exc:
             self._announce("refused", str(exc))
+            self._progress.registration_attempts["refused"] += 1
             self._progress.last_error = str(exc)
             log.error("%s", exc)
             raise Finished(exitcodes.CREDENTIALS) from None
@@ -212,6 +222,7 @@ class Link:
         return reply
 
     def _registration_failed(self, failure: TransientRegistrationError, delay: float) -> None:
+        self._progress.registration_attempts["failed"] += 1
         self._progress.last_error = str(failure)
         self._notifier.status(f"registering: {failure}")
         log.warning("registration failed: %s; retrying in %.1f s", failure, delay)
@@ -219,7 +230,7 @@ class Link:
     async def _registered(self, reply: RegisterReply) -> None:
         """Take the platform's answer: its heartbeat period, and the connection to persist."""
         progress = self._progress
-        progress.registrations += 1
+        progress.registration_attempts["ok"] += 1
         progress.reply = reply
         progress.heartbeat_s = heartbeat_period(
             self._settings.heartbeat_ms, reply.heartbeat_interval_ms
@@ -251,5 +262,5 @@ class Link:
             raise Finished(exitcodes.OK)
         return task.result()
 
-    def _announce(self, state: str, detail: str | None = None) -> None:
+    def _announce(self, state: State, detail: str | None = None) -> None:
         self._notifier.status(self._progress.enter(state, detail))

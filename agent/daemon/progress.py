@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
-from agent.daemon.session.policy import Watchdog
+from agent.daemon.session.policy import EndCause, Watchdog
 from agent.daemon.state import DaemonState
 from agent.protocol.models import (
     DaemonStatus,
@@ -19,9 +20,11 @@ from agent.protocol.models import (
     Metadata,
     Mode,
     NodeReport,
+    ProcessReport,
     RegisterReply,
 )
 from agent.support.clock import now_ms
+from agent.support.process import process_figures
 
 if TYPE_CHECKING:
     from agent.daemon.config import Platform
@@ -31,14 +34,29 @@ UNHEALTHY_UNANSWERED = 2
 """Pings without a pong from which `/healthz` says the daemon is not healthy (the socket itself
 is dropped at 3)."""
 
+State = Literal[
+    "starting",
+    "registering",
+    "connecting",
+    "online",
+    "reconnecting",
+    "refused",
+    "replaced",
+    "stopped",
+]
+STATES: tuple[State, ...] = get_args(State)
+"""Every state the daemon enters, in the order of a life; one is current."""
+RegistrationOutcome = Literal["ok", "failed", "refused"]
+"""An attempt registered, failed in a way worth retrying (the network, 429, 5xx), or was
+refused for good."""
+
 
 @dataclass
 class Progress:
-    """What `/v1/status` and `/healthz` report; updated as the session goes."""
+    """What `/v1/status`, `/healthz` and `/metrics` report; updated as the session goes."""
 
-    state: str = "starting"
+    state: State = "starting"
     last_error: str | None = None
-    registrations: int = 0
     connects: int = 0
     connection_id: str | None = None
     connected_at: int | None = None
@@ -48,11 +66,22 @@ class Progress:
     reply: RegisterReply | None = None
     started_at: int = field(default_factory=now_ms)
     started_monotonic: float = field(default_factory=time.monotonic)
+    registration_attempts: Counter[RegistrationOutcome] = field(default_factory=Counter)
+    reconnects: Counter[EndCause] = field(default_factory=Counter)
+    """Sockets lost and tried again, by why each ended."""
 
-    def enter(self, state: str, detail: str | None = None) -> str:
+    def enter(self, state: State, detail: str | None = None) -> str:
         """Move to `state`; returns the line a service manager shows for it."""
         self.state = state
         return f"{state}: {detail}" if detail else state
+
+    @property
+    def registrations(self) -> int:
+        """Registrations the platform accepted."""
+        return self.registration_attempts["ok"]
+
+    def uptime_s(self) -> float:
+        return round(time.monotonic() - self.started_monotonic, 3)
 
     def health(self) -> Health:
         """`ok` only while connected and heartbeats are answered."""
@@ -90,9 +119,16 @@ class Progress:
         )
 
     def status(
-        self, environment: Environment, platform: Platform, *, local_api: str, log_file: Path | None
+        self,
+        environment: Environment,
+        platform: Platform,
+        *,
+        local_api: str,
+        log_file: Path | None,
+        measure_process: bool = True,
     ) -> DaemonStatus:
-        """`envagent status`: everything above, with the environment and the process."""
+        """`envagent status`: everything above, with the environment and, unless told not to
+        (psutil is loaded by the first measure), what the process costs now."""
         watchdog, reply, node = self.watchdog, self.reply, environment.collector.node
         online = self.state == "online"
         return DaemonStatus(
@@ -116,10 +152,14 @@ class Progress:
             last_pong_at=self.last_pong_at,
             pid=os.getpid(),
             started_at=self.started_at,
-            uptime_s=round(time.monotonic() - self.started_monotonic, 3),
+            uptime_s=self.uptime_s(),
             local_api=local_api,
             log_path=str(log_file) if log_file else None,
             node=NodeReport(version=node.version, path=node.path, found_via=node.found_via)
             if node
             else None,
+            process=self.process() if measure_process else None,
         )
+
+    def process(self) -> ProcessReport:
+        return ProcessReport(**asdict(process_figures()), uptime_s=self.uptime_s())

@@ -1,4 +1,4 @@
-"""The daemon's loopback HTTP API: its own listing row, health, status and the mode.
+"""The daemon's loopback HTTP API: its own listing row, health, status, metrics and the mode.
 
 Reads need nothing; `PUT /v1/mode` needs the token from a 0600 file, sent as
 `Authorization: Bearer <token>`. Every request must name a
@@ -37,6 +37,7 @@ from agent.protocol.models import (
 from agent.support.clock import now_ms
 from agent.support.files import Untrusted, read_private, save_private
 from agent.support.loopback import is_loopback_host
+from agent.support.metrics import Rendered
 
 log = logging.getLogger("envagent.local_api")
 
@@ -56,6 +57,10 @@ class DaemonView(Protocol):
     def status(self) -> DaemonStatus: ...
 
     def health(self) -> Health: ...
+
+    def metrics(self) -> Rendered:
+        """The Prometheus text of the daemon's figures."""
+        ...
 
     async def set_mode(self, mode: Mode, origin: str) -> None: ...
 
@@ -221,6 +226,10 @@ class LocalApi:
     async def _status(self, request: Request) -> Response:
         return json_response(self._daemon.status())
 
+    async def _metrics(self, request: Request) -> Response:
+        rendered = self._daemon.metrics()
+        return Response(200, rendered.body, rendered.content_type)
+
     async def _get_mode(self, request: Request) -> Response:
         return json_response(ModeChange(mode=self._daemon.mode))
 
@@ -244,5 +253,6 @@ ROUTES: dict[str, dict[str, Route]] = {
     "/v1/environments": {"GET": LocalApi._list},
     "/healthz": {"GET": LocalApi._health},
     "/v1/status": {"GET": LocalApi._status},
+    "/metrics": {"GET": LocalApi._metrics},
     "/v1/mode": {"GET": LocalApi._get_mode, "PUT": LocalApi._put_mode},
 }

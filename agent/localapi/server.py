@@ -65,7 +65,7 @@ class Request:
 class Response:
     status: int
     body: bytes
-    """JSON."""
+    content_type: str = "application/json; charset=utf-8"
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -320,7 +320,7 @@ class LocalHttpServer:
     ) -> None:
         """Write `answer`; to a HEAD request, its headers only (HTTP allows it no body)."""
         headers = [
-            ("Content-Type", "application/json; charset=utf-8"),
+            ("Content-Type", answer.content_type),
             ("Content-Length", str(len(answer.body))),
             ("Cache-Control", "no-store"),
         ]

@@ -1,4 +1,4 @@
-"""The reference platform's HTTP surface: register, list, retrieve, the relay socket.
+"""The reference platform's HTTP surface: register, list, retrieve, the relay socket, metrics.
 
 Every error is JSON (`ErrorReply`) with a 4xx status and a message naming what was wrong; an
 unexpected exception is logged and answered 500 without taking the worker down.
@@ -6,16 +6,19 @@ unexpected exception is logged and answered 500 without taking the worker down.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from agent.platform.access import ApiKey, check_may_steer
+from agent.platform.access import ApiKey, Forbidden, check_may_steer
 from agent.platform.keys import hash_key
+from agent.platform.metrics import PlatformMetrics, RegistrationOutcome
 from agent.platform.relay import NoSocket, Relay
 from agent.platform.settings import PlatformSettings
-from agent.platform.store.base import Lease, Store, UnknownCursor
+from agent.platform.store.base import Lease, Store, StoreUnavailable, UnknownCursor
 from agent.platform.web_errors import json_errors
 from agent.protocol.httpapi import ApiError, bearer_token, list_query, unknown_cursor
 from agent.protocol.models import (
@@ -26,6 +29,7 @@ from agent.protocol.models import (
     parse_platform_frame,
 )
 from agent.support.clock import now_ms
+from agent.support.metrics import Exposition
 
 log = logging.getLogger("envagent.platform")
 
@@ -34,6 +38,8 @@ SOCKET_PATH = "/v1/listener/ws"
 STORE_KEY = web.AppKey("store", Store)
 RELAY_KEY = web.AppKey("relay", Relay)
 SETTINGS_KEY = web.AppKey("settings", PlatformSettings)
+METRICS_KEY = web.AppKey("metrics", PlatformMetrics)
+EXPOSITION_KEY = web.AppKey("exposition", Exposition)
 
 
 async def authenticate(request: web.Request) -> ApiKey:
@@ -47,6 +53,32 @@ async def authenticate(request: web.Request) -> ApiKey:
 
 
 async def register(request: web.Request) -> web.Response:
+    """`_register`, each attempt counted by its outcome."""
+    counted = request.app[METRICS_KEY].registrations
+    try:
+        response, created = await _register(request)
+    except Exception as exc:
+        counted[_refused_as(exc)] += 1
+        raise
+    counted["created" if created else "reused"] += 1
+    return response
+
+
+def _refused_as(exc: Exception) -> RegistrationOutcome:
+    """The outcome a registration that raised `exc` is counted as."""
+    if isinstance(exc, ApiError):
+        return "refused_key" if exc.status == 401 else "invalid"
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return "invalid"
+    if isinstance(exc, Forbidden):
+        return "forbidden"
+    if isinstance(exc, StoreUnavailable):
+        return "unavailable"
+    return "error"
+
+
+async def _register(request: web.Request) -> tuple[web.Response, bool]:
+    """The reply, and whether the row is new."""
     key = await authenticate(request)
     body = await request.read()
     try:
@@ -72,10 +104,15 @@ async def register(request: web.Request) -> web.Response:
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         environment=await store.get(key.organization_id, row_id),
     )
-    return web.json_response(reply.to_wire(), status=201)
+    return web.json_response(reply.to_wire(), status=201), owner is None
 
 
 async def list_environments(request: web.Request) -> web.Response:
+    with request.app[METRICS_KEY].listing.timing():
+        return await _list_environments(request)
+
+
+async def _list_environments(request: web.Request) -> web.Response:
     key = await authenticate(request)
     query = list_query(request.query)
     settings = request.app[SETTINGS_KEY]
@@ -120,6 +157,20 @@ async def send_frame(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """The Prometheus text of this pod's figures: aggregates only, so no key is asked for."""
+    rendered = request.app[EXPOSITION_KEY].render()
+    return web.Response(body=rendered.body, headers={"Content-Type": rendered.content_type})
+
+
+async def _probing_loop_lag(app: web.Application) -> AsyncIterator[None]:
+    """The event-loop lag probe, while the app runs."""
+    probe = asyncio.create_task(app[METRICS_KEY].probe_loop_lag())
+    yield
+    probe.cancel()
+    await asyncio.gather(probe, return_exceptions=True)
+
+
 async def listener_socket(request: web.Request) -> web.StreamResponse:
     key = await authenticate(request)
     if not request.query.get("connectionId"):
@@ -133,10 +184,16 @@ def build_app(store: Store, settings: PlatformSettings, lease: Lease) -> web.App
     )
     app[STORE_KEY] = store
     app[SETTINGS_KEY] = settings
-    app[RELAY_KEY] = Relay(store, settings, lease)
+    app[METRICS_KEY] = figures = PlatformMetrics()
+    figures.time_store(store)
+    app[RELAY_KEY] = relay = Relay(store, settings, lease, figures)
+    app[EXPOSITION_KEY] = Exposition(lambda: figures.families(relay, settings))
+    if settings.loop_lag_probe:
+        app.cleanup_ctx.append(_probing_loop_lag)
     app.router.add_post("/v1/environments/register", register)
     app.router.add_get("/v1/environments", list_environments)
     app.router.add_get("/v1/environments/{device_id}", retrieve_environment)
     app.router.add_post("/v1/environments/{connection_id}/frames", send_frame)
     app.router.add_get(SOCKET_PATH, listener_socket)
+    app.router.add_get("/metrics", metrics)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +14,8 @@ from agent.protocol.constants import ONLINE_WINDOW_MS
 from agent.protocol.httpapi import ClientError, explain
 from agent.protocol.models import MAX_LIST_LIMIT, EnvironmentList, EnvironmentRow
 from agent.support.clock import now_ms
+from agent.support.proxy import proxy_for
+from agent.support.tls import CAFileError, client_trust
 
 TIMEOUT = httpx.Timeout(5.0)
 
@@ -21,6 +24,10 @@ TIMEOUT = httpx.Timeout(5.0)
 class PlatformClient:
     url: str
     api_key: str
+    ca_file: Path | None = None
+    """The daemon's `ca_file` setting: the same CAs as the daemon (`agent.support.tls`)."""
+    proxied: bool = True
+    """False for the embedded platform, on the daemon's own loopback: no proxy can reach it."""
 
     def pages(self, online_only: bool) -> Iterator[EnvironmentRow]:
         """Every row the key can see, walking the pages. A ClientError for an answer that is no
@@ -29,7 +36,17 @@ class PlatformClient:
         seen: set[str] = set()
         if online_only:
             params["onlineOnly"] = "true"
-        with httpx.Client(base_url=self.url, timeout=TIMEOUT) as http:
+        try:
+            trust = client_trust(self.ca_file)
+        except CAFileError as exc:
+            raise ClientError(str(exc)) from None
+        with httpx.Client(
+            base_url=self.url,
+            timeout=TIMEOUT,
+            verify=trust.context,
+            proxy=proxy_for(self.url) if self.proxied else None,
+            trust_env=False,
+        ) as http:
             while True:
                 try:
                     response = http.get(

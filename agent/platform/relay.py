@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from agent.platform.access import ApiKey, Forbidden, check_may_steer
+from agent.platform.metrics import PlatformMetrics
 from agent.platform.presence import Presence
 from agent.platform.settings import PlatformSettings
 from agent.platform.store.base import Lease, Message, Store, StoreUnavailable
@@ -74,12 +75,20 @@ class LiveSocket:
     bad_frames: int = 0
     awaiting: dict[str, asyncio.Future[Answer]] = field(default_factory=dict)
     """Answers awaited by `Relay.send`, by request id."""
+    last_ping: int = field(init=False)
+    """When the last ping came, or the socket opened (`now_ms`): how long it has been silent."""
+
+    def __post_init__(self) -> None:
+        self.last_ping = self.connected_at
 
 
 class Relay:
-    def __init__(self, store: Store, settings: PlatformSettings, lease: Lease) -> None:
+    def __init__(
+        self, store: Store, settings: PlatformSettings, lease: Lease, metrics: PlatformMetrics
+    ) -> None:
         self._store = store
         self._settings = settings
+        self._metrics = metrics
         self.presence = Presence(store, lease, settings.presence_interval_s)
         self._live: dict[str, LiveSocket] = {}
         self._last_connected_at = 0
@@ -193,6 +202,10 @@ class Relay:
         """Sockets open now (one a row)."""
         return len(self._live)
 
+    def silent(self, since_ms: int) -> int:
+        """Open sockets whose last ping (or whose opening) is older than `since_ms`."""
+        return sum(1 for live in self._live.values() if live.last_ping < since_ms)
+
     async def _on_message(self, live: LiveSocket, message: WSMessage) -> bool:
         """Handle one message; False once the socket is closing or closed."""
         if message.type == WSMsgType.TEXT:
@@ -219,10 +232,13 @@ class Relay:
             # frames still reach it; its row says what the database could last record.
             if isinstance(frame, PingFrame):
                 await live.ws.send_str(_PONG)
+                self._metrics.pongs += 1
 
     async def _on_valid_frame(self, live: LiveSocket, frame: DaemonFrame) -> None:
         now = now_ms()
         if isinstance(frame, PingFrame):
+            self._metrics.pings += 1
+            live.last_ping = now
             mode = frame.current_mode
             if mode is not None and mode != live.mode:  # a change of state: written at once
                 self.presence.forget(live.row_id)
@@ -233,6 +249,7 @@ class Relay:
             else:  # presence alone: batched (`presence`)
                 self.presence.heartbeat(live.row_id, live.connection_id, now)
             await live.ws.send_str(_PONG)
+            self._metrics.pongs += 1
         elif isinstance(frame, UpdateDeviceStatusFrame):
             await self._store.apply_device_status(live.row_id, frame.device_status, now)
             live.mode = frame.device_status.current_permission_mode or live.mode
@@ -244,6 +261,7 @@ class Relay:
             )
             log.info("row %s is leaving: %s", live.row_id, frame.reason[:200] or "no reason")
         else:
+            self._metrics.answers[frame.type] += 1
             waiting = live.awaiting.get(frame.request_id or "")
             if waiting is not None and not waiting.done():
                 waiting.set_result(frame)
@@ -251,6 +269,7 @@ class Relay:
                 log.info("row %s answered %r, which nobody awaits", live.row_id, frame.request_id)
 
     def _ignore(self, live: LiveSocket, why: str) -> None:
+        self._metrics.bad_frames += 1
         live.bad_frames += 1
         if live.bad_frames <= BAD_FRAMES_LOGGED or live.bad_frames % 1000 == 0:
             log.warning("row %s: ignored bad frame #%d: %s", live.row_id, live.bad_frames, why)
@@ -279,6 +298,7 @@ class Relay:
 
     async def _ask(self, live: LiveSocket, frame: PlatformFrame, wait_s: float) -> Answer | None:
         """Send `frame` on `live`; with a request id, its answer (None after `wait_s`)."""
+        self._metrics.frames_sent[frame.type] += 1
         request_id = getattr(frame, "request_id", None)
         if request_id is None:
             await live.ws.send_str(frame.to_json())

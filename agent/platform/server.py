@@ -8,6 +8,7 @@ import contextlib
 import gc
 import logging
 import signal
+import ssl
 import sys
 import time
 
@@ -34,6 +35,26 @@ GC_FULL_MIN_CLOSED = 256
 """Fewer closed sockets than this never call for a full walk (their cycles: a few MiB)."""
 
 
+class TlsFilesError(Exception):
+    """The certificate or key to serve TLS with cannot be used; the message is one line."""
+
+
+def server_tls(settings: PlatformSettings) -> ssl.SSLContext | None:
+    """The context to serve HTTPS and wss:// with, None for plain HTTP."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except ssl.SSLError as exc:
+        problem = f"not a PEM certificate chain and its key ({exc.reason or exc})"
+    except OSError as exc:
+        problem = f"cannot read them: {exc.strerror or exc}"
+    else:
+        return context
+    raise TlsFilesError(f"--tls-cert {settings.tls_cert}, --tls-key {settings.tls_key}: {problem}")
+
+
 class PlatformServer:
     """One platform process. `start` returns once it accepts connections."""
 
@@ -55,7 +76,8 @@ class PlatformServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.host}:{self.port}"
+        scheme = "https" if self.settings.tls_cert else "http"
+        return f"{scheme}://{self.settings.host}:{self.port}"
 
     @property
     def relay(self) -> Relay:
@@ -81,6 +103,7 @@ class PlatformServer:
 
     async def _serve(self) -> None:
         settings = self.settings
+        tls = server_tls(settings)  # first: a bad file is said before the database is touched
         store = await open_store(settings.database)
         self._store = store
         lease = await store.join(settings.pod_id, now_ms())
@@ -106,6 +129,7 @@ class PlatformServer:
             self.settings.port,
             backlog=1024,
             reuse_port=self.settings.reuse_port or None,
+            ssl_context=tls,
         )
         await site.start()
         self.port = self._runner.addresses[0][1]

@@ -47,6 +47,12 @@ class PlatformSettings:
     pod_id: str = field(default_factory=_pod_id)
     reuse_port: bool = False
     """Share the port with other platform processes (SO_REUSEPORT): what `--workers` does."""
+    loop_lag_probe: bool = True
+    """Time a timer once a second for the event-loop lag metric; off for the platform embedded
+    in a daemon, which serves that one daemon and must not wake it every second."""
+    tls_cert: Path | None = None
+    """With `tls_key`: serve HTTPS and wss:// with this PEM certificate chain."""
+    tls_key: Path | None = None
 
     @property
     def presence_interval_s(self) -> float:

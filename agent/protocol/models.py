@@ -481,6 +481,19 @@ class NodeReport(CamelModel):
     found_via: str
 
 
+class ProcessReport(CamelModel):
+    """What the daemon's process costs, measured when the status is asked for."""
+
+    pid: int
+    rss_bytes: int
+    cpu_seconds: float
+    """User and system time since the process started."""
+    open_files: int
+    """Open file descriptors: files, sockets and pipes."""
+    threads: int
+    uptime_s: float
+
+
 class DaemonStatus(CamelModel):
     """`GET /v1/status`: what the daemon is doing and why, for people and coding tools."""
 
@@ -506,6 +519,9 @@ class DaemonStatus(CamelModel):
     local_api: str
     log_path: str | None
     node: NodeReport | None
+    process: ProcessReport | None = None
+    """None when not measured: the start-up banner, which must not load psutil, or a daemon
+    older than this field."""
 
 
 class StoppedStatus(CamelModel):

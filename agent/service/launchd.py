@@ -16,6 +16,7 @@ from agent.service.plan import MakeDir, Plan, Present, RemoveFile, Run, WriteFil
 from agent.service.target import ServiceError, ServiceSpec, Target, TomlValue
 from agent.service.templates import render
 from agent.support import exitcodes
+from agent.support.proc import Ran
 
 LABEL = "org.envagent"
 _INDENT = "\t\t"
@@ -85,6 +86,16 @@ class Launchd:
 
     def status(self) -> tuple[str, ...]:
         return ("launchctl", "print", self.service)
+
+    def state_query(self) -> tuple[str, ...]:
+        return ("launchctl", "print", self.service)
+
+    @staticmethod
+    def read_state(ran: Ran) -> tuple[bool, bool]:
+        """(enabled, running): `launchctl print` knows the job only while it is loaded, and
+        says `state = running` while its process runs."""
+        running = any(line.strip() == "state = running" for line in ran.output.splitlines())
+        return ran.ok, ran.ok and running
 
     def logs(self, follow: bool, lines: int) -> tuple[str, ...]:
         return ("tail", "-n", str(lines), *(("-F",) if follow else ()), str(self.log_path))

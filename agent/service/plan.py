@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from agent.service.target import Account, ServiceSpec, Target
+from agent.support.proc import Ran
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,15 @@ class ServiceManager(Protocol):
     def uninstall(self, present: Present) -> Plan: ...
 
     def status(self) -> tuple[str, ...]: ...
+
+    def state_query(self) -> tuple[str, ...]:
+        """A quiet command whose output `read_state` reads."""
+        ...
+
+    @staticmethod
+    def read_state(ran: Ran) -> tuple[bool, bool]:
+        """(enabled, running) from what `state_query` printed."""
+        ...
 
     def logs(self, follow: bool, lines: int) -> tuple[str, ...]: ...
 

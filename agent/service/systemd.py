@@ -14,6 +14,7 @@ from agent.service.plan import MakeDir, Plan, Present, RemoveFile, Run, WriteFil
 from agent.service.target import ServiceError, ServiceSpec, Target
 from agent.service.templates import render
 from agent.support import exitcodes
+from agent.support.proc import Ran
 
 UNIT = "envagent.service"
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
@@ -84,6 +85,15 @@ class Systemd:
 
     def status(self) -> tuple[str, ...]:
         return self._systemctl("status", UNIT, "--no-pager")
+
+    def state_query(self) -> tuple[str, ...]:
+        return self._systemctl("show", UNIT, "--property=UnitFileState,ActiveState")
+
+    @staticmethod
+    def read_state(ran: Ran) -> tuple[bool, bool]:
+        """(enabled, running) from `state_query`'s `KEY=value` lines."""
+        values = dict(line.partition("=")[::2] for line in ran.output.splitlines())
+        return values.get("UnitFileState") == "enabled", values.get("ActiveState") == "active"
 
     def logs(self, follow: bool, lines: int) -> tuple[str, ...]:
         tail = ("--follow",) if follow else ()

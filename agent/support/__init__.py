@@ -1,2 +1,2 @@
 """What every part leans on and that knows nothing of the protocol: private files, paths,
-bounded subprocesses, the clock, logs, exit codes."""
+bounded subprocesses, the clock, logs, exit codes, the CAs and proxy clients use."""

@@ -81,9 +81,9 @@ def _cases(tmp_path: Path) -> dict[str, Reaches]:
     missing = tmp_path / "missing"
     return {
         "run": Reaches(
-            ["run", "--mode", "turbo"],
+            ["run", "--workdir", str(missing)],
             exitcodes.CONFIG,
-            err="envagent: mode from flag --mode: unknown mode 'turbo'",
+            err=f"envagent: workdir from flag --workdir: {missing} does not exist",
         ),
         "status": Reaches(["status"], exitcodes.ERROR, err=NO_DAEMON),
         "list": Reaches(
@@ -114,6 +114,12 @@ def _cases(tmp_path: Path) -> dict[str, Reaches]:
             ["service", "install", "--dry-run", "--manager", "systemd", "--workdir", str(missing)],
             exitcodes.CONFIG,
             err=f"envagent: workdir from flag --workdir: {missing} does not exist",
+        ),
+        "completion": Reaches(["completion", "bash"], exitcodes.OK, out="complete -o bashdefault"),
+        "doctor": Reaches(
+            ["doctor", "--workdir", str(missing)],
+            exitcodes.ERROR,
+            out=f"FAIL settings      workdir from flag --workdir: {missing} does not exist\n",
         ),
     }
 
@@ -171,7 +177,7 @@ def test_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = exits(capsys, "--help")
     assert (code, err) == (0, "")
     assert out.startswith("usage: envagent [-h] [--version] COMMAND ...\n")
-    listed = {line.split()[0] for line in out.splitlines() if line.startswith("    ")}
+    listed = set(re.findall(r"^    (\S+)", out, re.MULTILINE))  # not a long name's wrapped help
     assert listed == set(_HANDLERS)
 
 
@@ -211,6 +217,9 @@ def test_run_help_lists_every_settings_flag(capsys: pytest.CaptureFixture[str]) 
         (["platform"], "envagent platform: the following arguments are required: ACTION"),
         (["platform", "keys"], "envagent platform keys: the following arguments are required"),
         (["mode", "set"], "envagent mode set: the following arguments are required: MODE"),
+        (["mode", "set", "auto"], "envagent mode set: argument MODE: invalid choice: 'auto'"),
+        (["run", "--mode", "turbo"], "envagent run: argument --mode: invalid choice: 'turbo'"),
+        (["config", "show", "--source", "cloud"], "envagent config show: argument --source: "),
         (
             ["platform", "keys", "create", "--org", "o"],
             "envagent platform keys create: the following arguments are required: --user",

@@ -83,6 +83,7 @@ PRECEDENCE = [
     ("heartbeat_ms", 1001, ("ENVAGENT_HEARTBEAT_MS", "1002"), "1003", None),
     ("debug", False, ("ENVAGENT_DEBUG", "true"), "false", False),
     ("source", "remote", ("ENVAGENT_SOURCE", "local"), '"remote"', "local"),
+    ("ca_file", "/flag/ca.pem", ("ENVAGENT_CA_FILE", "/env/ca.pem"), '"/file/ca.pem"', None),
     (
         "base_url",
         "http://flag.test",
@@ -98,6 +99,7 @@ EXPECTED = {
     "heartbeat_ms": (1001, 1002, 1003),
     "debug": (False, True, False),
     "source": ("remote", "local", "remote"),
+    "ca_file": (Path("/flag/ca.pem"), Path("/env/ca.pem"), Path("/file/ca.pem")),
     "base_url": ("http://flag.test", "http://env.test", "https://file.test"),
 }
 
@@ -412,8 +414,11 @@ def test_relative_paths_are_made_absolute(tmp_path: Path, monkeypatch: pytest.Mo
     (tmp_path / "project").mkdir()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    settings = load({"workdir": "project/../project", "log_file": "~/envagent.log"}).settings
+    settings = load(
+        {"workdir": "project/../project", "log_file": "~/envagent.log", "ca_file": "corp.pem"}
+    ).settings
     assert settings.workdir == tmp_path / "project"
+    assert settings.ca_file == tmp_path / "corp.pem"
     assert settings.log_file == tmp_path / "home" / "envagent.log"
 
 

@@ -20,12 +20,14 @@ from agent.daemon.link import Link
 from agent.daemon.notify import Notifier
 from agent.daemon.progress import Progress
 from agent.daemon.session.policy import backoff_delay
+from agent.daemon.session.route import Route
 from agent.daemon.state import StateStore
 from agent.machine.metadata import MetadataCollector
 from agent.machine.node import NodeInfo
 from agent.protocol.models import DaemonStatus, Metadata
 from agent.support import exitcodes
 from agent.support.exitcodes import Finished
+from agent.support.tls import client_trust
 from tests.conftest import StartPlatform
 from tests.helpers import WAIT_S, Platform, free_port, open_socket, wait_for
 
@@ -83,6 +85,7 @@ async def make_link(tmp_path: Path) -> AsyncIterator[Callable[[str, str], Linked
         link = Link(
             settings=settings,
             platform=PlatformAddress(url, key, embedded=False),
+            route=Route(client_trust()),
             environment=environment,
             commands=Commands(CommandsNotUnderTest()),
             progress=progress,

@@ -18,17 +18,20 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidProxy, InvalidStatus
 
 from agent import __version__
 from agent.daemon.session.policy import (
     CloseAction,
+    EndCause,
     Random,
     Tick,
     Watchdog,
     close_action,
+    close_cause,
     heartbeat_delay,
 )
+from agent.daemon.session.route import Route, UnusableProxy
 from agent.protocol.models import (
     ChangeDeviceStateFrame,
     DeviceStatus,
@@ -93,6 +96,7 @@ class SessionEnd:
     reason: str
     connected_at: float | None
     """When the socket opened (`time.monotonic`), None when it never did."""
+    cause: EndCause
 
 
 def socket_url(ws_url: str, device_id: str, connection_name: str) -> str:
@@ -116,6 +120,7 @@ class Session:
         api_key: str,
         connection_id: str,
         url: str,
+        route: Route,
         heartbeat_s: float,
         rand: Random,
         stopping: asyncio.Event,
@@ -126,6 +131,7 @@ class Session:
         self._api_key = api_key
         self._connection_id = connection_id
         self._url = url
+        self._route = route
         self._heartbeat_s = heartbeat_s
         self._rand = rand
         self._stopping = stopping
@@ -134,9 +140,12 @@ class Session:
         self._commands: set[asyncio.Task[None]] = set()
 
     async def run(self) -> SessionEnd:
+        route, url = self._route, self._url
         try:
             ws = await websockets.connect(
-                self._url,
+                url,
+                ssl=route.socket_ssl(url),
+                proxy=route.proxy(url),  # None: directly, whatever websockets would read itself
                 additional_headers={"Authorization": f"Bearer {self._api_key}"},
                 user_agent_header=f"envagent/{__version__}",
                 open_timeout=OPEN_TIMEOUT_S,
@@ -148,9 +157,13 @@ class Session:
         except InvalidStatus as exc:
             status = exc.response.status_code
             action = CloseAction.REREGISTER if status in (401, 403, 404) else CloseAction.RECONNECT
-            return SessionEnd(action, f"the socket was refused with HTTP {status}", None)
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            return SessionEnd(CloseAction.RECONNECT, f"cannot open the socket: {exc!r}", None)
+            refused = f"the socket was refused with HTTP {status}"
+            return SessionEnd(action, refused, None, "refused")
+        except UnusableProxy as exc:
+            return SessionEnd(CloseAction.RECONNECT, str(exc), None, "network")
+        except (OSError, TimeoutError, InvalidHandshake, InvalidProxy) as exc:
+            reason = route.failure(exc, url) or f"cannot open the socket: {exc!r}"
+            return SessionEnd(CloseAction.RECONNECT, reason, None, "network")
         self._connected_at = time.monotonic()
         self.watchdog.new_connection()
         self._owner.connected(self._connection_id)
@@ -188,9 +201,8 @@ class Session:
         if failure is not None:
             # A bug of ours must not end the daemon: say so loudly, then start over.
             log.error("the session failed", exc_info=failure)
-            return SessionEnd(
-                CloseAction.RECONNECT, f"internal error: {failure!r}", self._connected_at
-            )
+            why = f"internal error: {failure!r}"
+            return SessionEnd(CloseAction.RECONNECT, why, self._connected_at, "internal")
         end = finished.result()
         assert isinstance(end, SessionEnd)
         return end
@@ -199,7 +211,7 @@ class Session:
         code, reason = ws.close_code, ws.close_reason or ""
         action = close_action(code, reason)
         described = f"the platform closed the socket ({code} {reason})".replace(" )", ")")
-        return SessionEnd(action, described, self._connected_at)
+        return SessionEnd(action, described, self._connected_at, close_cause(code))
 
     async def _leave(self, ws: ClientConnection) -> SessionEnd:
         """A deliberate stop: say so, then close 1000, both bounded."""
@@ -207,7 +219,7 @@ class Session:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self._send(ws, DisconnectFrame(reason="daemon stopping").to_json())
                 await ws.close(1000, "daemon stopping")
-        return SessionEnd(None, "stopped", self._connected_at)
+        return SessionEnd(None, "stopped", self._connected_at, "stopped")
 
     async def _send(self, ws: ClientConnection, text: str) -> None:
         frames_log.debug("→ %s", text)
@@ -269,9 +281,8 @@ class Session:
             await asyncio.sleep(heartbeat_delay(self._heartbeat_s, self._rand))
             if self.watchdog.tick() is Tick.DEAD:
                 log.warning("%d pings unanswered: dropping the socket", self.watchdog.unanswered)
-                return SessionEnd(
-                    CloseAction.RECONNECT, "the platform stopped answering", self._connected_at
-                )
+                why = "the platform stopped answering"
+                return SessionEnd(CloseAction.RECONNECT, why, self._connected_at, "dead_peer")
             ping = PingFrame(current_mode=self._host.mode, sent_at=now_ms())
             await self._send(ws, ping.to_json())
             if await self._host.refresh():

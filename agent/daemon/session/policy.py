@@ -8,12 +8,16 @@ exactly and without waiting.
 from __future__ import annotations
 
 import enum
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Literal
 
 from agent.protocol.constants import REPLACED_REASON
+from agent.support.metrics import Histogram
 
 Random = Callable[[], float]
 """Returns a float in [0, 1), like `random.random`."""
@@ -27,6 +31,8 @@ REREGISTER_AFTER_S = 300.0
 MAX_UNANSWERED_PINGS = 3
 HEARTBEAT_JITTER = 0.1
 DEFAULT_HEARTBEAT_S = 30.0
+RTT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""A pong's round trip: well under 10 ms on a LAN, seconds from a platform that struggles."""
 
 
 def backoff_delay(attempt: int, rand: Random) -> float:
@@ -77,6 +83,38 @@ def close_action(code: int | None, reason: str | None) -> CloseAction:
     return CloseAction.RECONNECT
 
 
+EndCause = Literal[
+    "dead_peer",
+    "refused",
+    "network",
+    "internal",
+    "stopped",
+    "closed_normal",
+    "closed_policy",
+    "closed_restart",
+    "closed_abnormal",
+    "closed_other",
+]
+"""Why a session ended, in few enough values to count reconnects by (docs/operations.md,
+"Metrics"): pings unanswered, the upgrade refused with an HTTP status, the socket not opened,
+a bug of ours, the daemon stopping, or the platform's close code by class."""
+
+
+def close_cause(code: int | None) -> EndCause:
+    """The class of a close code: 1000/1001 normal (1001: the platform going away), 1008 the
+    connection id or key refused, 1012/1013 the platform restarting or overloaded, none or 1006
+    the socket cut without a close frame."""
+    if code in (1000, 1001):
+        return "closed_normal"
+    if code == 1008:
+        return "closed_policy"
+    if code in (1012, 1013):
+        return "closed_restart"
+    if code in (None, 1006):
+        return "closed_abnormal"
+    return "closed_other"
+
+
 class Tick(enum.Enum):
     PING = "ping"
     DEAD = "dead"
@@ -90,22 +128,33 @@ class Watchdog:
     unanswered: int = 0
     sent: int = 0
     answered: int = 0
+    rtt: Histogram = field(default_factory=lambda: Histogram(RTT_BUCKETS_S))
+    """Seconds from each ping to its pong (pongs answer pings in order)."""
+    clock: Callable[[], float] = time.monotonic
+    _sent_at: deque[float] = field(
+        default_factory=lambda: deque(maxlen=MAX_UNANSWERED_PINGS), init=False, repr=False
+    )
+    """When the pings still unanswered were sent, oldest first."""
 
     def tick(self) -> Tick:
-        """Called each heartbeat period: ping again, or give the peer up."""
+        """Called each heartbeat period, just before the ping: ping again, or give the peer up."""
         if self.unanswered >= MAX_UNANSWERED_PINGS:
             return Tick.DEAD
+        self._sent_at.append(self.clock())
         self.unanswered += 1
         self.sent += 1
         return Tick.PING
 
     def pong(self) -> None:
+        if self._sent_at:
+            self.rtt.observe(self.clock() - self._sent_at.popleft())
         self.unanswered = 0
         self.answered += 1
 
     def new_connection(self) -> None:
         """Pings of an old socket say nothing about a new one; the totals go on."""
         self.unanswered = 0
+        self._sent_at.clear()
 
 
 @dataclass(frozen=True)

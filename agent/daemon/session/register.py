@@ -18,6 +18,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from agent import __version__
 from agent.daemon.session.policy import Random, backoff_delay, parse_retry_after
+from agent.daemon.session.route import Route, proxy_refused
 from agent.protocol.models import ErrorReply, RegisterReply, RegisterRequest
 
 log = logging.getLogger("envagent.session")
@@ -48,8 +49,15 @@ def _server_message(response: httpx.Response) -> str:
 
 
 async def register_once(
-    client: httpx.AsyncClient, base_url: str, api_key: str, request: RegisterRequest
+    client: httpx.AsyncClient,
+    base_url: str,
+    api_key: str,
+    request: RegisterRequest,
+    *,
+    route: Route | None = None,
 ) -> RegisterReply:
+    """One attempt. `route`, how `client` reaches the platform, lets a failure of the proxy or
+    of TLS be named as such; without it, the error is httpx's."""
     url = base_url + REGISTER_PATH
     try:
         response = await client.post(
@@ -64,8 +72,12 @@ async def register_once(
             timeout=TIMEOUT,
         )
     except httpx.HTTPError as exc:
-        raise TransientRegistrationError(f"cannot reach {url}: {exc!r}") from None
+        cause = route.failure(exc, url) if route else None
+        raise TransientRegistrationError(cause or f"cannot reach {url}: {exc!r}") from None
     status = response.status_code
+    if status == 407:  # a proxy forwarding plain http:// answers for itself
+        proxy = route.proxy(url) if route else None
+        raise TransientRegistrationError(proxy_refused(proxy, f"407 {response.reason_phrase}"))
     detail = _server_message(response)
     suffix = f": {detail}" if detail else ""
     if status == 429 or status >= 500:
@@ -107,6 +119,7 @@ async def register(
     api_key: str,
     request: RegisterRequest,
     *,
+    route: Route | None = None,
     rand: Random,
     sleep: Callable[[float], Awaitable[None]],
     on_retry: Callable[[TransientRegistrationError, float], None],
@@ -127,5 +140,5 @@ async def register(
         reraise=True,
     ):
         with attempt:
-            return await register_once(client, base_url, api_key, request)
+            return await register_once(client, base_url, api_key, request, route=route)
     raise AssertionError("tenacity stops only by returning or raising")  # pragma: no cover

@@ -18,11 +18,13 @@ from agent.daemon.commands import Commands
 from agent.daemon.environment import Environment
 from agent.daemon.session.connection import MAX_FRAME_CHARS, Session, SessionEnd, socket_url
 from agent.daemon.session.policy import CloseAction, Watchdog
+from agent.daemon.session.route import Route
 from agent.daemon.state import StateStore
 from agent.machine.metadata import MetadataCollector
 from agent.machine.node import NodeInfo
 from agent.protocol.constants import REPLACED_REASON
 from agent.protocol.models import ExecuteCommandFrame, ExecuteCommandResponseFrame
+from agent.support.tls import client_trust
 from tests.helpers import WAIT_S, free_port
 
 
@@ -99,6 +101,7 @@ def _session(
         api_key="envk_secret",
         connection_id="conn-1",
         url=socket_url(url, environment.device_id, environment.name),
+        route=Route(client_trust()),
         heartbeat_s=heartbeat_s,
         rand=lambda: 0.5,
         stopping=stopping,

@@ -14,6 +14,7 @@ from agent.daemon.session.policy import (
     Watchdog,
     backoff_delay,
     close_action,
+    close_cause,
     heartbeat_delay,
     heartbeat_period,
     parse_retry_after,
@@ -83,6 +84,40 @@ def test_watchdog_gives_up_after_three_unanswered_pings() -> None:
     dog.pong()  # any pong clears the count
     assert [dog.tick() for _ in range(4)] == [Tick.PING, Tick.PING, Tick.PING, Tick.DEAD]
     assert (dog.sent, dog.answered, dog.unanswered) == (6, 1, 3)
+
+
+def test_watchdog_times_each_pong_from_its_ping() -> None:
+    now = [100.0]
+    dog = Watchdog(clock=lambda: now[0])
+    dog.tick()
+    now[0] += 0.25
+    dog.tick()  # still waiting for the first
+    now[0] += 0.05
+    dog.pong()  # the first ping's, 0.3 s on
+    dog.pong()  # the second's, 0.05 s on
+    assert (dog.rtt.count, dog.rtt.total, dog.answered) == (2, pytest.approx(0.35), 2)
+    dog.tick()
+    dog.new_connection()  # a ping of the old socket is never answered on the new one
+    dog.pong()
+    assert dog.rtt.count == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "cause"),
+    [
+        (1000, "closed_normal"),
+        (1001, "closed_normal"),
+        (1008, "closed_policy"),
+        (1012, "closed_restart"),
+        (1013, "closed_restart"),
+        (1006, "closed_abnormal"),
+        (None, "closed_abnormal"),
+        (1011, "closed_other"),
+        (4000, "closed_other"),
+    ],
+)
+def test_close_codes_are_counted_by_class(code: int | None, cause: str) -> None:
+    assert close_cause(code) == cause
 
 
 def test_reconnect_backoff_grows_while_connections_do_not_last() -> None:
