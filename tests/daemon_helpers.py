@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from agent.localapi.routes import LocalApiAddress
+from agent.protocol.models import LocalApiAddress
 from tests.helpers import WAIT_S, wait_for
 
 NETWORK_ENV = frozenset(

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent.cli.completion import PathKind, complete_path
-from agent.protocol.models import MODES, SOURCES
+from agent.protocol.constants import MODES, SOURCES
 from agent.support import exitcodes
 
 SETTING_FLAGS = {

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from agent.cli.common import SETTING_FLAGS, printable
-from agent.daemon.config import ConfigError, load_settings
+from agent.cli.common import printable
+from agent.cli.settings import load_cli_settings
+from agent.daemon.config import ConfigError
 from agent.doctor.run import diagnose, unusable_settings
 from agent.protocol.doctor import CheckResult, DoctorReport
 from agent.support import exitcodes
@@ -15,9 +16,8 @@ _WIDTH = max(len(name) for name in ("self_update", "registration", "websocket"))
 
 
 def doctor_command(args: argparse.Namespace) -> int:
-    flags = {flag: getattr(args, flag) for flag in SETTING_FLAGS if hasattr(args, flag)}
     try:
-        loaded = load_settings(flags, config_path=args.config)
+        loaded = load_cli_settings(args)
     except ConfigError as exc:
         report = unusable_settings(str(exc))
     else:

@@ -23,7 +23,7 @@ from agent.cli.common import (
 )
 from agent.cli.helpformat import HelpFormatter
 from agent.platform.access import ROLES
-from agent.protocol.models import MODES
+from agent.protocol.constants import MODES
 from agent.support import exitcodes
 
 
@@ -321,17 +321,22 @@ def _platform(args: argparse.Namespace) -> int:
         return fail(str(exc))
 
 
-def _daemon_command(args: argparse.Namespace) -> int:
-    """The commands that run or look at the daemon, all in `agent.cli.daemon`."""
-    from agent.cli import daemon
+def _run(args: argparse.Namespace) -> int:
+    from agent.cli.daemon import run_command
+
+    return run_command(args)
+
+
+def _inspection(args: argparse.Namespace) -> int:
+    """The commands that look at the daemon, the machine or the listing, in `cli.inspection`."""
+    from agent.cli import inspection
 
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "run": daemon.run_command,
-        "status": daemon.status_command,
-        "list": daemon.list_command,
-        "mode": daemon.mode_command,
-        "metadata": daemon.metadata_command,
-        "config": daemon.config_command,
+        "status": inspection.status_command,
+        "list": inspection.list_command,
+        "mode": inspection.mode_command,
+        "metadata": inspection.metadata_command,
+        "config": inspection.config_command,
     }
     return commands[args.command](args)
 
@@ -354,12 +359,12 @@ def _completion(args: argparse.Namespace) -> int:
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": _daemon_command,
-    "status": _daemon_command,
-    "list": _daemon_command,
-    "mode": _daemon_command,
-    "metadata": _daemon_command,
-    "config": _daemon_command,
+    "run": _run,
+    "status": _inspection,
+    "list": _inspection,
+    "mode": _inspection,
+    "metadata": _inspection,
+    "config": _inspection,
     "doctor": _doctor,
     "platform": _platform,
     "service": _service,

@@ -8,9 +8,7 @@ from pathlib import Path
 
 from agent.cli.common import SUBCOMMANDS_HELP, fail, positive_int, settings_flags
 from agent.cli.completion import complete_path
-from agent.daemon.config import CONFIG_ENV, load_settings
-from agent.service.detect import default_manager
-from agent.service.target import MANAGERS, ServiceError, resolve_target, service_spec
+from agent.service.managers import MANAGERS
 
 INSTALL_SETTINGS = ("workdir", "name", "mode", "base_url")
 DEFAULT_LOG_LINES = 100
@@ -30,10 +28,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "install",
         help="write the unit or plist and start it",
         description="The API key and platform URL are taken from LETTA_API_KEY, LETTA_BASE_URL "
-        "and the config file, as for `envagent run`; the key goes into a 0600 file.",
+        "and the config file, as for `envagent run`, and the proxy and CA file variables "
+        "(HTTPS_PROXY, NO_PROXY, SSL_CERT_FILE...) from the environment; the key goes into a "
+        "0600 file.",
     )
     _common(setup)
-    _writes(setup, "print every file (the API key as ****) and command; change nothing")
+    _writes(
+        setup,
+        "print every file (the API key as ****, a proxy's password as ***) and command; "
+        "change nothing",
+    )
     settings_flags(setup, INSTALL_SETTINGS)
 
     remove = actions.add_parser("uninstall", help="stop the service and remove its files")
@@ -97,10 +101,14 @@ def _writes(parser: argparse.ArgumentParser, dry_run_help: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out `envagent service ...`; every error is one line and its exit code."""
-    # Imported here, not with the parser that every `envagent` command builds: the unit and
-    # plist writers load more of the standard library than the daemon itself uses.
+    # Imported here, not with the parser that every `envagent` command builds: the settings
+    # load pydantic, and the unit and plist writers more of the standard library than the
+    # daemon itself uses.
+    from agent.daemon.config import CONFIG_ENV, load_settings
     from agent.service import control
+    from agent.service.detect import default_manager
     from agent.service.install import install, uninstall
+    from agent.service.target import ServiceError, resolve_target, service_spec
 
     try:
         target = resolve_target(args.manager or default_manager(), args.system, args.run_as)

@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from agent.daemon.config import Settings
 from agent.protocol.models import (
     DaemonStatus,
     ExecuteCommandFrame,
     ExecuteCommandResponseFrame,
     Metadata,
 )
-from agent.upgrade.install import Result, upgrade
+
+if TYPE_CHECKING:
+    from agent.daemon.config import Settings
+    from agent.upgrade.install import Result
 
 log = logging.getLogger("envagent.commands")
 
@@ -91,6 +93,9 @@ class Commands:
         the stopping event, and nothing awaits between it and the session writing this answer
         to the socket, so the session sees the event only once the answer is on its way.
         """
+        # Imported here: the installer is needed only when the platform asks for an upgrade.
+        from agent.upgrade.install import upgrade
+
         work = asyncio.ensure_future(
             asyncio.to_thread(upgrade, self._host.settings.upgrade_find_links)
         )

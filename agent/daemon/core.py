@@ -31,9 +31,17 @@ from agent.daemon.progress import Progress
 from agent.daemon.session.policy import Random
 from agent.daemon.session.route import Route, UnusableProxy
 from agent.daemon.state import StateStore, state_path
-from agent.localapi.routes import LocalApi, LocalApiAddress, load_or_create_token
+from agent.localapi.routes import LocalApi, load_or_create_token
 from agent.machine.metadata import MetadataCollector
-from agent.protocol.models import DaemonStatus, EnvironmentRow, Health, Metadata, Mode, Source
+from agent.protocol.models import (
+    DaemonStatus,
+    EnvironmentRow,
+    Health,
+    LocalApiAddress,
+    Metadata,
+    Mode,
+    Source,
+)
 from agent.support import exitcodes
 from agent.support.exitcodes import Finished
 from agent.support.files import private_dir, save_private

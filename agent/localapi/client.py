@@ -8,9 +8,14 @@ from typing import TypeVar
 import httpx
 from pydantic import ValidationError
 
-from agent.localapi.routes import LocalApiAddress
 from agent.protocol.httpapi import ClientError, explain
-from agent.protocol.models import DaemonStatus, EnvironmentList, Mode, ModeChange
+from agent.protocol.models import (
+    DaemonStatus,
+    EnvironmentList,
+    LocalApiAddress,
+    Mode,
+    ModeChange,
+)
 from agent.support.files import Untrusted, UnusableFile, read_private
 from agent.support.paths import instance_file
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from agent.localapi.server import LocalHttpServer, Request, Response
 from agent.protocol.constants import ONLINE_WINDOW_MS
@@ -69,12 +69,6 @@ class PortUnavailable(Exception):
     """The local API's TCP port cannot be bound; the message is the one line to print. Unlike
     an unusable file, this may heal by itself (the other program exits), so it is no final exit.
     """
-
-
-class LocalApiAddress(BaseModel):
-    """Written beside the state while the daemon runs, so that the CLI can find it."""
-
-    url: str
 
 
 def local_page(row: EnvironmentRow, query: ListQuery, source: Source, now: int) -> EnvironmentList:

@@ -1,4 +1,5 @@
-"""The reference platform's HTTP surface: register, list, retrieve, the relay socket, metrics.
+"""The reference platform's HTTP surface: register, list, retrieve, the relay socket, metrics,
+the live channel (`stream`) and the dashboard's files (`static`).
 
 Every error is JSON (`ErrorReply`) with a 4xx status and a message naming what was wrong; an
 unexpected exception is logged and answered 500 without taking the worker down.
@@ -13,12 +14,15 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from pydantic import ValidationError
 
+from agent.platform import static
 from agent.platform.access import ApiKey, Forbidden, check_may_steer
+from agent.platform.events import Events
 from agent.platform.keys import hash_key
 from agent.platform.metrics import PlatformMetrics, RegistrationOutcome
 from agent.platform.relay import NoSocket, Relay
 from agent.platform.settings import PlatformSettings
-from agent.platform.store.base import Lease, Store, StoreUnavailable, UnknownCursor
+from agent.platform.store.base import Lease, Store, StoreUnavailable, UnknownCursor, is_postgres
+from agent.platform.stream import event_stream
 from agent.platform.web_errors import json_errors
 from agent.protocol.httpapi import ApiError, bearer_token, list_query, unknown_cursor
 from agent.protocol.models import (
@@ -40,6 +44,7 @@ RELAY_KEY = web.AppKey("relay", Relay)
 SETTINGS_KEY = web.AppKey("settings", PlatformSettings)
 METRICS_KEY = web.AppKey("metrics", PlatformMetrics)
 EXPOSITION_KEY = web.AppKey("exposition", Exposition)
+EVENTS_KEY = web.AppKey("events", Events)
 
 
 async def authenticate(request: web.Request) -> ApiKey:
@@ -188,12 +193,20 @@ def build_app(store: Store, settings: PlatformSettings, lease: Lease) -> web.App
     figures.time_store(store)
     app[RELAY_KEY] = relay = Relay(store, settings, lease, figures)
     app[EXPOSITION_KEY] = Exposition(lambda: figures.families(relay, settings))
+    app[EVENTS_KEY] = events = Events(store, settings, figures, is_postgres(settings.database))
+    app.on_shutdown.append(lambda _: events.end_all())  # before aiohttp waits for the handlers
+    app.on_cleanup.append(lambda _: events.quiesce())  # after they have all ended
     if settings.loop_lag_probe:
         app.cleanup_ctx.append(_probing_loop_lag)
     app.router.add_post("/v1/environments/register", register)
     app.router.add_get("/v1/environments", list_environments)
+    # Before `{device_id}`, which would take it: a device named `events` is not retrieved.
+    app.router.add_get(
+        "/v1/environments/events", event_stream(authenticate, events, settings, figures)
+    )
     app.router.add_get("/v1/environments/{device_id}", retrieve_environment)
     app.router.add_post("/v1/environments/{connection_id}/frames", send_frame)
     app.router.add_get(SOCKET_PATH, listener_socket)
     app.router.add_get("/metrics", metrics)
+    static.add_routes(app.router)
     return app

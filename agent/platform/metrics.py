@@ -71,6 +71,12 @@ class PlatformMetrics:
     """Frames sent to daemons on this pod's sockets, by type."""
     answers: Counter[str] = field(default_factory=Counter)
     """Daemons' answers to frames with a request id, by type."""
+    event_streams_open: int = 0
+    """Live channel streams this pod serves now (`platform.events`)."""
+    events_sent: int = 0
+    """`environment` events written to live channel streams."""
+    event_streams_cut: int = 0
+    """Streams ended because their reader fell behind (their buffer overflowed)."""
     listing: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
     store: dict[str, Histogram] = field(default_factory=dict)
     """Seconds of each store operation, by its name (`time_store`)."""
@@ -139,6 +145,21 @@ class PlatformMetrics:
         yield CounterMetricFamily("envagent_platform_pongs", "Pongs sent", value=self.pongs)
         yield CounterMetricFamily(
             "envagent_platform_bad_frames", "Frames ignored as bad", value=self.bad_frames
+        )
+        yield GaugeMetricFamily(
+            "envagent_platform_event_streams_open",
+            "Live channel streams open",
+            value=self.event_streams_open,
+        )
+        yield CounterMetricFamily(
+            "envagent_platform_events_sent",
+            "Environment events written to live channel streams",
+            value=self.events_sent,
+        )
+        yield CounterMetricFamily(
+            "envagent_platform_event_streams_cut",
+            "Live channel streams cut because their reader fell behind",
+            value=self.event_streams_cut,
         )
         yield _by_type("envagent_platform_frames_sent", "Frames sent to daemons", self.frames_sent)
         yield _by_type("envagent_platform_answers", "Answers from daemons", self.answers)

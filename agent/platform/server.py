@@ -14,12 +14,19 @@ import time
 
 from aiohttp import web
 
-from agent.platform.app import RELAY_KEY, build_app
+from agent.platform.app import EVENTS_KEY, RELAY_KEY, build_app
 from agent.platform.dblock import DatabaseLock
+from agent.platform.events import Events
 from agent.platform.keys import ensure_dev_key
 from agent.platform.relay import Relay
 from agent.platform.settings import PlatformSettings
-from agent.platform.store.base import Listening, Store, StoreUnavailable, is_postgres
+from agent.platform.store.base import (
+    Listening,
+    RowRef,
+    Store,
+    StoreUnavailable,
+    is_postgres,
+)
 from agent.platform.store.opening import open_store
 from agent.platform.web_errors import JsonErrorRunner
 from agent.support.clock import now_ms
@@ -106,6 +113,8 @@ class PlatformServer:
         tls = server_tls(settings)  # first: a bad file is said before the database is touched
         store = await open_store(settings.database)
         self._store = store
+        released: list[RowRef] = []  # the rows of this pod's earlier life, told once it can
+        store.on_change = released.extend
         lease = await store.join(settings.pod_id, now_ms())
         if self._lock is not None:  # the database's only process: no row has a socket now
             stale = await store.clear_connections()
@@ -113,14 +122,16 @@ class PlatformServer:
                 log.info("%d rows were connected when the platform last stopped: offline", stale)
         await ensure_dev_key(store, settings.dev_key_file)
         app = build_app(store, settings, lease)
+        if released:  # left: other pods' streams show it
+            app[EVENTS_KEY].changed(released)
         self._runner = JsonErrorRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._presence = asyncio.create_task(app[RELAY_KEY].presence.run())
         if self._lock is None:  # pods sharing the database: a lease, and messages between them
-            relay = app[RELAY_KEY]
-            self._listening = await store.listen(settings.pod_id, relay.wake)
+            relay, events = app[RELAY_KEY], app[EVENTS_KEY]
+            self._listening = await store.listen(settings.pod_id, relay.wake, events.heard)
             relay.wake()  # what was left while this pod was away
-            self._pods = asyncio.create_task(self._keep_lease(relay))
+            self._pods = asyncio.create_task(self._keep_lease(relay, events))
         # A deep accept queue: after a restart the whole fleet reconnects within a second or so,
         # and every connection the default 128 drops waits a second for its SYN to be resent.
         site = web.TCPSite(
@@ -157,20 +168,20 @@ class PlatformServer:
         if self._lock is not None:
             self._lock.release()
 
-    async def _keep_lease(self, relay: Relay) -> None:
+    async def _keep_lease(self, relay: Relay, events: Events) -> None:
         """Every `pod_heartbeat_s`: renew this pod's lease (joining again, sockets closed, when
         it was fenced), then fence every pod silent for `pod_fence_after_s`, whose rows are
         then lost. A dead pod's rows are lost within fence_after + heartbeat seconds."""
         while True:
             await asyncio.sleep(self.settings.pod_heartbeat_s)
             try:
-                await self._renew_round(relay)
+                await self._renew_round(relay, events)
             except StoreUnavailable:  # logged by the store; next round
                 self._reachable_since = None
             except Exception:  # a bug must not end the pod's lease: said loudly, then on
                 log.exception("pod %s: the lease round failed", self.settings.pod_id)
 
-    async def _renew_round(self, relay: Relay) -> None:
+    async def _renew_round(self, relay: Relay, events: Events) -> None:
         """One round: the lease, the listening connection, the messages, the silent pods."""
         settings, store = self.settings, self.store
         now = now_ms()
@@ -188,7 +199,10 @@ class PlatformServer:
             self._listening = None
         if self._listening is None:  # dropped, and maybe refused since: tried every round
             with contextlib.suppress(StoreUnavailable):  # logged by the store; the round goes on
-                self._listening = await store.listen(settings.pod_id, relay.wake)
+                self._listening = await store.listen(settings.pod_id, relay.wake, events.heard)
+                # Changes announced while no connection listened were not heard: the streams
+                # end, and their pages read the listing again.
+                await events.end_all()
         await relay.drain()  # a signal lost with a listening connection is not a loss
         fence_after_ms = int(settings.pod_fence_after_s * 1000)
         if now - self._reachable_since < fence_after_ms:

@@ -42,6 +42,12 @@ class PlatformSettings:
     presence_flush_s: float = 1.0
     """How often a pod writes the heartbeats it received, in one statement (`presence`); at
     most a tenth of the online window, so that waiting never makes a row look offline."""
+    max_event_streams: int = 1_000
+    """Live channel streams (`GET /v1/environments/events`) a pod serves at once; 503 beyond."""
+    event_buffer_bytes: int = 1024 * 1024
+    """Events a stream may have waiting for its reader; past it the stream is cut."""
+    events_keepalive_s: float = 15.0
+    """A comment on an idle stream this often, so that proxies do not cut it."""
     max_body_bytes: int = 64 * 1024
     max_frame_bytes: int = 64 * 1024
     pod_id: str = field(default_factory=_pod_id)

@@ -1,4 +1,12 @@
-"""Facts of the protocol that both sides act on."""
+"""Facts of the protocol that both sides act on. Plain Python: the command line builds its
+parser from these (the modes, the sources) without loading pydantic or the wire models."""
+
+from typing import Literal, get_args
+
+Mode = Literal["default", "standard", "acceptEdits", "bypassPermissions", "unrestricted"]
+MODES: tuple[str, ...] = get_args(Mode)
+Source = Literal["local", "remote"]
+SOURCES: tuple[str, ...] = get_args(Source)
 
 ONLINE_WINDOW_MS = 120_000
 """The Letta online rule: a row is online while its last heartbeat is younger than this."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -25,10 +25,10 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import from_json
 
-Mode = Literal["default", "standard", "acceptEdits", "bypassPermissions", "unrestricted"]
-MODES: tuple[str, ...] = get_args(Mode)
-Source = Literal["local", "remote"]
-SOURCES: tuple[str, ...] = get_args(Source)
+from agent.protocol.constants import MODES as MODES
+from agent.protocol.constants import SOURCES as SOURCES
+from agent.protocol.constants import Mode as Mode
+from agent.protocol.constants import Source as Source
 
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 100
@@ -58,7 +58,11 @@ class WireModel(BaseModel):
     """
 
     model_config = ConfigDict(
-        validate_by_name=True, validate_by_alias=True, serialize_by_alias=True, extra="ignore"
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        extra="ignore",
+        defer_build=True,
     )
     _omit_if_none: ClassVar[frozenset[str]] = frozenset()
     _omit_if_unset: ClassVar[bool] = False
@@ -171,6 +175,14 @@ class EnvironmentRow(CamelModel):
 class EnvironmentList(CamelModel):
     connections: list[EnvironmentRow]
     has_next_page: bool
+
+
+class EventsReady(CamelModel):
+    """ext: the first event of `GET /v1/environments/events`, `ready`: the subscription is live,
+    and what a page needs to tell online from lost by itself between events."""
+
+    online_window_ms: int
+    heartbeat_interval_ms: int
 
 
 class RegisterReply(CamelModel):
@@ -391,8 +403,14 @@ PlatformFrame = Annotated[
 ]
 """A frame the platform sends to the daemon."""
 
-_DAEMON_FRAMES: TypeAdapter[DaemonFrame] = TypeAdapter(DaemonFrame)
-_PLATFORM_FRAMES: TypeAdapter[PlatformFrame] = TypeAdapter(PlatformFrame)
+# Built when a frame is first parsed, as the models are (`defer_build`): a command that reads
+# a status or a listing never pays for the frames.
+_DAEMON_FRAMES: TypeAdapter[DaemonFrame] = TypeAdapter(
+    DaemonFrame, config=ConfigDict(defer_build=True)
+)
+_PLATFORM_FRAMES: TypeAdapter[PlatformFrame] = TypeAdapter(
+    PlatformFrame, config=ConfigDict(defer_build=True)
+)
 
 
 _Frame = TypeVar("_Frame")
@@ -522,6 +540,13 @@ class DaemonStatus(CamelModel):
     process: ProcessReport | None = None
     """None when not measured: the start-up banner, which must not load psutil, or a daemon
     older than this field."""
+
+
+class LocalApiAddress(BaseModel):
+    """`local-api.json`, written beside the state while the daemon runs, so that the CLI finds
+    the daemon's local API."""
+
+    url: str
 
 
 class StoppedStatus(CamelModel):

@@ -41,11 +41,7 @@ def manager_for(target: Target) -> ServiceManager:
 def install(target: Target, spec: ServiceSpec, *, dry_run: bool, root: Path | None) -> int:
     manager = manager_for(target)
     plan = manager.install(spec, _present(root))
-    if spec.api_key is None and spec.base_url is None:
-        plan.notes.append(
-            "no API key and no platform URL: the service runs the embedded reference platform; "
-            "set LETTA_API_KEY (and LETTA_BASE_URL) and install again to use another"
-        )
+    plan.notes += _spec_notes(spec)
     if _carry_out(target, plan, dry_run, root) and root is None:
         if target.manager == "systemd" and not target.system and linger_off(target.account):
             name = target.account.name
@@ -56,6 +52,21 @@ def install(target: Target, spec: ServiceSpec, *, dry_run: bool, root: Path | No
             )
         print(f"envagent service installed ({_kind(target)}); `envagent service status` shows it")
     return exitcodes.OK
+
+
+def _spec_notes(spec: ServiceSpec) -> list[str]:
+    """What the service is given that a person should know of: no platform, and what was
+    carried from this shell's environment (a proxy's password hidden)."""
+    notes = []
+    if spec.api_key is None and spec.base_url is None:
+        notes.append(
+            "no API key and no platform URL: the service runs the embedded reference platform; "
+            "set LETTA_API_KEY (and LETTA_BASE_URL) and install again to use another"
+        )
+    if spec.network:
+        carried = ", ".join(f"{name}={value}" for name, value in spec.network_shown.items())
+        notes.append(f"carried from this shell: {carried}; install again after changing them")
+    return notes
 
 
 def uninstall(target: Target, *, dry_run: bool, root: Path | None) -> int:

@@ -2,13 +2,16 @@
 
 A plist is readable by everyone, so the API key goes into a 0600 TOML settings file that the
 plist names in ENVAGENT_CONFIG. That file then replaces the config file for the service, so it
-holds a copy of the config file's settings too, taken at install.
+holds a copy of the config file's settings too, taken at install. The installing shell's proxy
+and CA file variables go into the plist, the only place launchd takes a service's environment
+from; a proxy password is refused (service_files/README.md says why).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -17,6 +20,7 @@ from agent.service.target import ServiceError, ServiceSpec, Target, TomlValue
 from agent.service.templates import render
 from agent.support import exitcodes
 from agent.support.proc import Ran
+from agent.support.proxy import holds_password, shown
 
 LABEL = "org.envagent"
 _INDENT = "\t\t"
@@ -102,7 +106,7 @@ class Launchd:
 
     def _plist(self, spec: ServiceSpec, with_settings: bool) -> str:
         target = self.target
-        environment = {"PATH": spec.path, **target.environment}
+        environment = {"PATH": spec.path, **target.environment, **_public(spec.network)}
         if with_settings:
             environment["ENVAGENT_CONFIG"] = str(self.settings_path)
         values = {
@@ -132,6 +136,21 @@ class Launchd:
             return None
         lines = (f"{name} = {_toml(value)}" for name, value in sorted(values.items()))
         return render("launchd-settings.toml", settings="\n".join(lines))
+
+
+def _public(network: Mapping[str, str]) -> Mapping[str, str]:
+    """The network variables, for the plist; ServiceError for a proxy password, which the
+    daemon could not be given privately."""
+    for name, value in network.items():
+        if holds_password(name, value):
+            raise ServiceError(
+                f"{name}={shown(value)}: launchd passes a service's environment only in its "
+                "plist, which is not private, so a proxy password cannot go there: point "
+                f"{name} at a proxy that needs none, such as a local cntlm or px, and install "
+                "again",
+                exitcodes.CONFIG,
+            )
+    return network
 
 
 def _element(tag: str, text: str) -> str:

@@ -8,6 +8,7 @@ by systemd before it switches to the service's user).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from agent.service.plan import MakeDir, Plan, Present, RemoveFile, Run, WriteFile
@@ -47,13 +48,15 @@ class Systemd:
             for folder in (target.state_dir, spec.log_dir):
                 if folder is not None:
                     plan.steps.append(MakeDir(folder, 0o700, target.account))
-        if spec.api_key or spec.base_url:
+        if spec.api_key or spec.base_url or spec.network:
             plan.steps.append(
                 WriteFile(
                     self.env_path,
                     0o600,
-                    self._env_file(_env_value(spec.api_key), spec.base_url),
-                    self._env_file("****" if spec.api_key else "", spec.base_url),
+                    self._env_file(_env_value(spec.api_key), spec.base_url, spec.network),
+                    self._env_file(
+                        "****" if spec.api_key else "", spec.base_url, spec.network_shown
+                    ),
                 )
             )
         elif present(self.env_path):
@@ -129,9 +132,15 @@ class Systemd:
         )
 
     @staticmethod
-    def _env_file(api_key: str, base_url: str | None) -> str:
-        """`api_key` as it goes in the file: quoted, or `****` for a dry run."""
-        return render("envagent.env", api_key=api_key, base_url=_env_value(base_url))
+    def _env_file(api_key: str, base_url: str | None, network: Mapping[str, str]) -> str:
+        """`api_key` as it goes in the file: quoted, or `****` for a dry run; the network
+        variables here too, not in the unit, since a proxy URL may hold a password."""
+        return render(
+            "envagent.env",
+            api_key=api_key,
+            base_url=_env_value(base_url),
+            network="\n".join(f"{name}={_env_value(value)}" for name, value in network.items()),
+        )
 
 
 def _specifiers(value: str) -> str:

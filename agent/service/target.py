@@ -11,19 +11,20 @@ from __future__ import annotations
 import os
 import pwd
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from pydantic import SecretStr
 
 from agent.daemon.config import KEY_DEFAULT_SOURCE, LoadedSettings
 from agent.machine.selfupdate import detect_self_update
-from agent.support import exitcodes, paths
+from agent.service.managers import MANAGERS as MANAGERS
+from agent.service.managers import Manager as Manager
+from agent.support import exitcodes, paths, proxy
 from agent.support.proc import Ran
+from agent.support.tls import named_ca_files
 
-Manager = Literal["systemd", "launchd"]
-MANAGERS: tuple[Manager, ...] = ("systemd", "launchd")
 RUN_FLAGS = ("name", "mode")
 """Settings passed on the daemon's command line when they were given as flags at install;
 `--workdir` is always passed, since a service's own working directory means nothing."""
@@ -140,6 +141,13 @@ class ServiceSpec:
     """The folder of `--log-file`, which the daemon writes."""
     upgrade_dir: Path | None
     """The folder holding this install when it may upgrade itself (docs/protocol.md, "Metadata")."""
+    network: dict[str, str]
+    """The proxy and CA file variables of the install's environment (`network_environment`)."""
+
+    @property
+    def network_shown(self) -> dict[str, str]:
+        """`network` as a plan prints it: a proxy's password as `***`."""
+        return {name: proxy.shown_variable(name, value) for name, value in self.network.items()}
 
     def command(self, *, with_config: bool) -> tuple[str, ...]:
         config = ("--config", str(self.config_file)) if with_config and self.config_file else ()
@@ -171,7 +179,28 @@ def service_spec(loaded: LoadedSettings, config_named: bool) -> ServiceSpec:
         },
         log_dir=settings.log_file.parent if settings.log_file else None,
         upgrade_dir=Path(installed).parent if update.supported and installed else None,
+        network=network_environment(os.environ),
     )
+
+
+def network_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The proxy and CA file variables the daemon reads, as `environ` sets them, since a service
+    does not inherit the installing shell's; each CA file made absolute (the service's folder and
+    HOME are not the shell's). ServiceError when a CA file named is not a file."""
+    ca_files = {name: _ca_file(name, value) for name, value in named_ca_files(environ).items()}
+    return {**proxy.variables_in(environ), **ca_files}
+
+
+def _ca_file(variable: str, value: str) -> str:
+    path = Path(os.path.abspath(Path(value).expanduser()))
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise ServiceError(
+            f"{variable}={value}: {path} {problem}: name a PEM file of CA certificates, or "
+            "unset it, and install again",
+            exitcodes.CONFIG,
+        )
+    return str(path)
 
 
 def daemon_program() -> tuple[str, ...]:

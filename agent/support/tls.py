@@ -43,11 +43,14 @@ def client_trust(ca_file: Path | None = None, environ: Mapping[str, str] = os.en
     choice, so that a process builds one context. Raises CAFileError."""
     if ca_file is not None:
         return _trust(str(ca_file), f"ca_file setting ({ca_file})")
-    for variable in CA_FILE_VARIABLES:
-        path = environ.get(variable)
-        if path:  # an empty variable counts as unset
-            return _trust(path, f"{variable}={path}")
+    for variable, path in named_ca_files(environ).items():
+        return _trust(path, f"{variable}={path}")  # the first one wins
     return _trust(None, "")
+
+
+def named_ca_files(environ: Mapping[str, str]) -> dict[str, str]:
+    """Each of CA_FILE_VARIABLES that `environ` sets, in order; an empty one counts as unset."""
+    return {name: environ[name] for name in CA_FILE_VARIABLES if environ.get(name)}
 
 
 @functools.cache

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import aiohttp
 
-from agent.localapi.routes import LocalApiAddress
 from agent.platform.settings import PlatformSettings
-from agent.protocol.models import DaemonStatus, EnvironmentList, EnvironmentRow
+from agent.protocol.models import DaemonStatus, EnvironmentList, EnvironmentRow, LocalApiAddress
 from tests.bench.procs import BenchError, Child, Workspace, wait_for_output
 from tests.install_helpers import ENVIRON, copy_project
 

@@ -264,11 +264,13 @@ class SimDaemon:
             self.ever_connected = True
             await asyncio.sleep(random.random() * period)
         while True:
-            if self.watchdog.tick() is Tick.DEAD:
+            tick = self.watchdog.tick()
+            if tick is Tick.DEAD:
                 ws.transport.abort()
                 return
-            self.ping_sent = time.monotonic()
-            await ws.send(PingFrame(current_mode="default", sent_at=now_ms()).to_json())
+            if tick is Tick.PING:
+                self.ping_sent = time.monotonic()
+                await ws.send(PingFrame(current_mode="default", sent_at=now_ms()).to_json())
             await asyncio.sleep(heartbeat_delay(period, random.random))
 
 

@@ -49,6 +49,9 @@ class Plan:
     # listing at the largest size, on both backends
     big_listing_rows: int
     big_listing_requests: int
+    # the dashboard in headless Chromium
+    dashboard_changes: int
+    """Mode changes on a daemon's local API, each timed until the page shows it."""
 
 
 FULL = Plan(
@@ -78,6 +81,7 @@ FULL = Plan(
     pods_frame_runs=3,
     big_listing_rows=1_000_000,
     big_listing_requests=1_000,
+    dashboard_changes=50,
 )
 
 QUICK = Plan(
@@ -107,4 +111,5 @@ QUICK = Plan(
     pods_frame_runs=2,
     big_listing_rows=20_000,
     big_listing_requests=200,
+    dashboard_changes=10,
 )

@@ -34,6 +34,7 @@ def _benchmarks() -> dict[str, Benchmark]:
     from tests.bench import (
         big_listing,
         daemon_footprint,
+        dashboard,
         imports,
         listing,
         metadata_refresh,
@@ -51,6 +52,7 @@ def _benchmarks() -> dict[str, Benchmark]:
         "big_listing": big_listing.run,
         "storm": reconnect_storm.run,
         "pods": pods.run,
+        "dashboard": dashboard.run,
     }
 
 

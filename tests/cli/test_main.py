@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ import pytest
 from agent import __version__
 from agent.cli.main import _HANDLERS, build_parser, main
 from agent.localapi.client import address_file
-from agent.localapi.routes import LocalApiAddress
+from agent.protocol.models import LocalApiAddress
 from agent.support import exitcodes
 from agent.support.files import write_private
 from agent.support.paths import state_dir
@@ -379,38 +377,3 @@ async def test_ctrl_c_ends_a_command_with_0_and_no_traceback() -> None:
             writer.close()
         server.close()
     assert (process.returncode, out, err) == (exitcodes.OK, b"", b"")
-
-
-LOADED_AFTER = """
-import json, sys
-from agent.cli.main import main
-for args in ([], ["--help"], ["--version"], ["run", "--help"], ["nosuch"]):
-    try:
-        main(args)
-    except SystemExit:
-        pass
-print(json.dumps(sorted(sys.modules)))
-"""
-
-HANDLER_MODULES = [
-    "agent.cli.daemon",
-    "agent.cli.platform",
-    "agent.service.control",
-    "agent.service.install",
-    "agent.upgrade.install",
-]
-
-
-def test_help_version_and_usage_errors_load_no_handler_module() -> None:
-    """A fresh interpreter: the handlers import their modules when called, so that `--help`,
-    `--version` and a typo start fast and pull in neither the daemon nor the platform."""
-    done = subprocess.run(
-        [sys.executable, "-c", LOADED_AFTER],
-        capture_output=True,
-        text=True,
-        timeout=WAIT_S,
-        check=True,
-    )
-    loaded = set(json.loads(done.stdout.splitlines()[-1]))
-    assert "agent.cli.main" in loaded
-    assert loaded.isdisjoint(HANDLER_MODULES), loaded.intersection(HANDLER_MODULES)

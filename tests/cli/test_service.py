@@ -13,15 +13,15 @@ from agent.cli.main import main
 from agent.service.launchd import Launchd
 from agent.service.systemd import Systemd
 from agent.support import exitcodes
-from tests.service.service_helpers import ENVAGENT, KEY, FakeTools, target
+from tests.service.service_helpers import ENVAGENT, KEY, NETWORK_VARIABLES, FakeTools, target
 
 
 @pytest.fixture(autouse=True)
 def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The installing shell: a home of its own, the key in LETTA_API_KEY, no other setting, not
-    under sudo, in its home (the default working directory)."""
+    """The installing shell: a home of its own, the key in LETTA_API_KEY, no other setting, no
+    proxy or CA file variable, not under sudo, in its home (the default working directory)."""
     for name in list(os.environ):
-        if name.startswith(("LETTA_", "ENVAGENT_", "SUDO_")):
+        if name.startswith(("LETTA_", "ENVAGENT_", "SUDO_")) or name in NETWORK_VARIABLES:
             monkeypatch.delenv(name)
     home = tmp_path / "home"
     home.mkdir()

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from agent.cli.upgrade import _running_daemon_note
 from agent.localapi.client import address_file
-from agent.localapi.routes import LocalApiAddress
+from agent.protocol.models import LocalApiAddress
 from agent.support.files import write_private
 from tests.daemon_helpers import Spawn, online
 from tests.helpers import Platform

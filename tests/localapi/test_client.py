@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 
 from agent.localapi.client import LocalClient, address_file, token_file
-from agent.localapi.routes import LocalApiAddress
 from agent.protocol.httpapi import ClientError
+from agent.protocol.models import LocalApiAddress
 from agent.support.files import write_private
 from agent.support.paths import state_dir
 from tests.daemon_helpers import Spawn, online

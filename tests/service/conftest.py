@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.service import detect
-from tests.service.service_helpers import FakeTools
+from tests.service.service_helpers import NETWORK_VARIABLES, FakeTools
 
 
 @pytest.fixture
@@ -42,3 +42,12 @@ def systemd_not_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     folder = tmp_path / "no-run-systemd-system"
     monkeypatch.setattr(detect, "SYSTEMD_RUNNING", folder)
     return folder
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """None of the proxy and CA file variables set (this machine sets SSL_CERT_FILE and
+    REQUESTS_CA_BUNDLE): a test sets those it wants with the monkeypatch returned."""
+    for name in NETWORK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch

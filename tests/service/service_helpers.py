@@ -9,11 +9,14 @@ import pwd
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from agent.service.target import Account, Manager, ServiceSpec, Target
+from agent.support import proxy
+from agent.support.tls import CA_FILE_VARIABLES
 
 KEY = "fake-key-for-tests-0123"
 USER = pwd.getpwuid(os.geteuid()).pw_name
@@ -21,6 +24,12 @@ UID = os.geteuid()
 GID = os.getegid()
 ENVAGENT = Path(sys.executable).parent / "envagent"
 CLI_TIMEOUT_S = 30.0
+NETWORK_VARIABLES = (
+    *proxy.VARIABLES,
+    *(name.upper() for name in proxy.VARIABLES),
+    *CA_FILE_VARIABLES,
+)
+"""Every variable an install carries into the service, in each case it is read in."""
 
 
 @dataclass(frozen=True)
@@ -80,14 +89,19 @@ class Done:
     err: str
 
 
-def service(home: Path, *args: str, key: str | None = KEY) -> Done:
-    """`envagent service ARGS` with `home` as HOME and the XDG folders left to their defaults."""
+def service(
+    home: Path, *args: str, key: str | None = KEY, network: Mapping[str, str] | None = None
+) -> Done:
+    """`envagent service ARGS` with `home` as HOME and the XDG folders left to their defaults;
+    of the proxy and CA file variables, only those in `network` (this machine sets some)."""
     home.mkdir(exist_ok=True)
     env = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith(("LETTA_", "ENVAGENT_", "XDG_", "SUDO_"))
+        and name not in NETWORK_VARIABLES
     }
+    env.update(network or {})
     env["HOME"] = str(home)
     if key is not None:
         env["LETTA_API_KEY"] = key
@@ -145,6 +159,7 @@ def spec(tmp_path: Path, **changes: Any) -> ServiceSpec:
         file_settings={},
         log_dir=None,
         upgrade_dir=None,
+        network={},
     )
     return replace(made, **changes)
 

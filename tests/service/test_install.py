@@ -10,6 +10,7 @@ How each unit or plist is rendered is in test_systemd.py and test_launchd.py.
 from __future__ import annotations
 
 import os
+import plistlib
 import stat
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from agent.support import exitcodes
 from tests.service.service_helpers import (
     KEY,
     KINDS,
+    NETWORK_VARIABLES,
     UID,
     USER,
     FakeTools,
@@ -57,6 +59,7 @@ def test_dry_run_lists_everything_and_writes_nothing(name: str, tmp_path: Path) 
     assert commands == [command.replace("~", str(home)) for command in kind.commands]
     assert KEY not in done.out
     assert any(line.strip() in ("LETTA_API_KEY=****", 'api_key = "****"') for line in lines)
+    assert not any(variable in done.out for variable in NETWORK_VARIABLES)  # none set: none added
     assert files_in(home) == []
     assert {path for path in system_paths if path.is_absolute() and path.exists()} == existed
 
@@ -99,6 +102,105 @@ def test_reinstall_replaces_and_uninstall_leaves_nothing(name: str, tmp_path: Pa
     assert (
         twice.out.startswith("no envagent service is installed") and str(service_file) in twice.out
     )
+
+
+# The installing shell's network variables, through the real CLI.
+
+PROXY = "http://alice:s3cret@proxy.corp:3128"
+
+
+def shell_network(home: Path, proxy: str = PROXY) -> dict[str, str]:
+    """A lower-case proxy with a password, NO_PROXY, and a CA file named relative to `home`,
+    the install's working directory."""
+    (home / "certs").mkdir(parents=True)
+    (home / "certs" / "corp.pem").write_text("PEM")
+    return {"https_proxy": proxy, "NO_PROXY": ".internal.corp", "SSL_CERT_FILE": "certs/corp.pem"}
+
+
+@pytest.mark.parametrize("name", ["systemd-user", "systemd-system"])
+def test_a_dry_run_shows_the_network_carried_with_the_password_hidden(
+    name: str, tmp_path: Path
+) -> None:
+    kind, home = KINDS[name], tmp_path / "home"
+    ca = home / "certs" / "corp.pem"
+
+    done = service(home, "install", "--dry-run", *kind.flags, network=shell_network(home))
+
+    assert done.code == exitcodes.OK, done.err
+    assert "s3cret" not in done.out + done.err
+    lines = done.out.splitlines()
+    assert (
+        "note: carried from this shell: https_proxy=http://alice:***@proxy.corp:3128, "
+        f"NO_PROXY=.internal.corp, SSL_CERT_FILE={ca}; install again after changing them"
+    ) in lines
+    shown = [
+        '    https_proxy="http://alice:***@proxy.corp:3128"',
+        '    NO_PROXY=".internal.corp"',
+        f'    SSL_CERT_FILE="{ca}"',
+    ]
+    start = lines.index(shown[0])
+    assert lines[start : start + 3] == shown
+    env_file = lines.index(f"write {real(kind.secrets_file, home)} (mode 0600):")
+    assert env_file < start < lines.index(f"write {real(kind.service_file, home)} (mode 0644):")
+
+
+@pytest.mark.parametrize("name", ["launchd-agent", "launchd-daemon"])
+def test_launchd_refuses_a_proxy_password_in_one_line(name: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+
+    done = service(home, "install", "--dry-run", *KINDS[name].flags, network=shell_network(home))
+
+    assert (done.code, done.out) == (exitcodes.CONFIG, "")
+    assert done.err == (
+        "envagent: https_proxy=http://alice:***@proxy.corp:3128: launchd passes a service's "
+        "environment only in its plist, which is not private, so a proxy password cannot go "
+        "there: point https_proxy at a proxy that needs none, such as a local cntlm or px, and "
+        "install again\n"
+    )
+
+
+@pytest.mark.parametrize("name", ["systemd-user", "launchd-agent"])
+def test_the_network_is_installed_exactly_and_uninstalled_with_the_files(
+    name: str, tmp_path: Path
+) -> None:
+    kind, home, root = KINDS[name], tmp_path / "home", tmp_path / "root"
+    proxy = PROXY if name == "systemd-user" else "http://proxy.corp:3128"
+    network = shell_network(home, proxy)
+    service_file = under(root, real(kind.service_file, home))
+    secrets_file = under(root, real(kind.secrets_file, home))
+
+    done = service(home, "install", "--root", str(root), *kind.flags, network=network)
+
+    assert done.code == exitcodes.OK, done.err
+    expected = {**network, "SSL_CERT_FILE": str(home / "certs" / "corp.pem")}
+    if name == "systemd-user":
+        lines = secrets_file.read_text().splitlines()
+        assert lines[-3:] == [f'{variable}="{value}"' for variable, value in expected.items()]
+        assert "s3cret" not in service_file.read_text() + done.out
+    else:
+        environment = plistlib.loads(service_file.read_bytes())["EnvironmentVariables"]
+        assert {variable: environment[variable] for variable in expected} == expected
+        assert "proxy.corp" not in secrets_file.read_text()
+
+    gone = service(home, "uninstall", "--root", str(root), *kind.flags)
+
+    assert gone.code == exitcodes.OK, gone.err
+    assert files_in(root) == []
+
+
+def test_a_ca_file_that_does_not_exist_refuses_the_install(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+
+    done = service(
+        home, "install", "--root", str(tmp_path / "root"), network={"SSL_CERT_FILE": "~/ca.pem"}
+    )
+
+    assert (done.code, done.out) == (exitcodes.CONFIG, "")
+    assert done.err == (
+        f"envagent: SSL_CERT_FILE=~/ca.pem: {home / 'ca.pem'} does not exist: name a PEM file of "
+        "CA certificates, or unset it, and install again\n"
+    )
+    assert not (tmp_path / "root").exists()
 
 
 # In-process: the same functions the CLI calls, on targets under tmp_path.

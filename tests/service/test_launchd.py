@@ -224,6 +224,55 @@ def test_the_key_is_only_in_the_0600_settings_file(tmp_path: Path) -> None:
     assert KEY not in written(plan.steps, manager.plist_path).content
 
 
+# The network variables: in the plist, but never a proxy password.
+
+
+@pytest.mark.parametrize("system", [False, True], ids=["agent", "daemon"])
+def test_network_variables_without_a_password_go_into_the_plist(
+    tmp_path: Path, system: bool
+) -> None:
+    target_ = target(tmp_path, "launchd", system=system)
+    network = {
+        "https_proxy": "http://alice@proxy.corp:3128",  # a user alone is shown everywhere
+        "NO_PROXY": "localhost,.internal.corp",
+        "SSL_CERT_FILE": f"/etc/ssl/{ODD}.pem",
+    }
+
+    settings, parsed = settings_of(target_, spec(tmp_path, network=network))
+
+    environment = plist_of(target_, spec(tmp_path, network=network))["EnvironmentVariables"]
+    assert environment == {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        **target_.environment,
+        **network,
+        "ENVAGENT_CONFIG": str(settings.path),
+    }
+    assert parsed == {"api_key": KEY}
+
+
+@pytest.mark.parametrize("system", [False, True], ids=["agent", "daemon"])
+@pytest.mark.parametrize(
+    ("name", "password"), [("HTTPS_PROXY", "s3cret"), ("all_proxy", "")], ids=["upper", "empty"]
+)
+def test_a_proxy_password_is_refused(
+    tmp_path: Path, system: bool, name: str, password: str
+) -> None:
+    """launchd takes a service's environment from its plist alone, which is not private."""
+    network = {"NO_PROXY": ".corp", name: f"alice:{password}@proxy.corp:3128"}
+
+    with pytest.raises(ServiceError) as refused:
+        Launchd(target(tmp_path, "launchd", system=system)).install(
+            spec(tmp_path, network=network), nothing_present
+        )
+
+    assert refused.value.code == exitcodes.CONFIG
+    assert str(refused.value) == (
+        f"{name}=http://alice:***@proxy.corp:3128: launchd passes a service's environment only "
+        "in its plist, which is not private, so a proxy password cannot go there: point "
+        f"{name} at a proxy that needs none, such as a local cntlm or px, and install again"
+    )
+
+
 @pytest.mark.parametrize(
     "value",
     [

@@ -475,6 +475,70 @@ def test_a_base_url_alone_leaves_the_key_empty(tmp_path: Path) -> None:
     assert "LETTA_API_KEY=" in written.shown.splitlines()
 
 
+# The network variables: in the environment file too, never in the unit.
+
+PASSWORD = 'p"w$x`y\\z'
+"""A proxy password holding every character the environment file escapes."""
+NETWORK = {
+    "https_proxy": f"http://alice:{PASSWORD}@proxy.corp:3128",
+    "NO_PROXY": "localhost,.internal.corp",
+    "SSL_CERT_FILE": "/etc/ssl/corp $HOME/ca.pem",
+}
+
+
+def sourced(tmp_path: Path, written: WriteFile) -> dict[str, str]:
+    """Every variable a POSIX shell, with an empty environment, exports from the file."""
+    file = tmp_path / "service.env"
+    file.write_text(written.content)
+    read = subprocess.run(
+        ["env", "-i", "sh", "-c", 'set -a && . "$1" && exec env -0', "sh", str(file)],
+        capture_output=True,
+        timeout=CLI_TIMEOUT_S,
+        check=True,
+    )
+    entries = (entry.partition("=") for entry in read.stdout.decode().split("\0") if entry)
+    return {name: value for name, _, value in entries if name not in ("PWD", "SHLVL", "_")}
+
+
+def test_the_network_goes_into_the_0600_file_exactly_and_never_into_the_unit(
+    tmp_path: Path,
+) -> None:
+    manager = Systemd(target(tmp_path))
+    steps = manager.install(spec(tmp_path, network=NETWORK), nothing_present).steps
+    env_file, unit = rendered(steps, manager.env_path), rendered(steps, manager.unit_path)
+
+    assert sourced(tmp_path, env_file) == {"LETTA_API_KEY": KEY, "LETTA_BASE_URL": "", **NETWORK}
+    assert (env_file.mode, unit.mode) == (0o600, 0o644)
+    assert all(value not in unit.content for value in NETWORK.values())
+    assert "alice" not in unit.content and "alice" not in unit.shown
+    assert PASSWORD not in env_file.shown
+    assert env_file.shown.splitlines()[-3:] == [
+        'https_proxy="http://alice:***@proxy.corp:3128"',  # the name in the case found
+        'NO_PROXY="localhost,.internal.corp"',
+        'SSL_CERT_FILE="/etc/ssl/corp \\$HOME/ca.pem"',  # quoted as the key is
+    ]
+
+
+def test_the_network_alone_writes_the_file(tmp_path: Path) -> None:
+    manager = Systemd(target(tmp_path))
+    network = {"HTTPS_PROXY": "proxy.corp:3128"}
+
+    plan = manager.install(spec(tmp_path, api_key=None, network=network), nothing_present)
+
+    written = rendered(plan.steps, manager.env_path)
+    assert sourced(tmp_path, written) == {"LETTA_API_KEY": "", "LETTA_BASE_URL": "", **network}
+    assert 'HTTPS_PROXY="proxy.corp:3128"' in written.shown.splitlines()  # no password: as is
+
+
+def test_without_network_variables_the_file_holds_only_the_key(tmp_path: Path) -> None:
+    manager = Systemd(target(tmp_path))
+
+    written = rendered(manager.install(spec(tmp_path), nothing_present).steps, manager.env_path)
+
+    lines = [line for line in written.content.splitlines() if line and not line.startswith("#")]
+    assert lines == [f'LETTA_API_KEY="{KEY}"', "LETTA_BASE_URL="]
+
+
 # The plans and commands.
 
 
@@ -580,7 +644,9 @@ def test_status_and_logs_command_lines(tmp_path: Path, system: bool) -> None:
 
 @pytest.mark.parametrize("name", ["systemd-user", "systemd-system"])
 def test_units_pass_systemd_analyze_verify(name: str, tmp_path: Path) -> None:
+    """With the network variables too: in the environment file, never the unit or the output."""
     kind, home, root = KINDS[name], tmp_path / "home", tmp_path / "root"
+    proxy = "http://alice:s3cret@proxy.corp:3128"
     done = service(
         home,
         "install",
@@ -595,11 +661,14 @@ def test_units_pass_systemd_analyze_verify(name: str, tmp_path: Path) -> None:
         "acceptEdits",
         "--base-url",
         "https://api.example.com",
+        network={"HTTPS_PROXY": proxy, "https_proxy": "", "no_proxy": "*.corp"},
     )
 
     assert done.code == exitcodes.OK, done.err
     unit = under(root, real(kind.service_file, home))
     env_file = under(root, real(kind.secrets_file, home))
+    assert env_file.read_text().splitlines()[-2:] == [f'HTTPS_PROXY="{proxy}"', 'no_proxy="*.corp"']
+    assert "s3cret" not in unit.read_text() and "s3cret" not in done.out
     for command in kind.commands:
         assert f"would run: {command}" in done.out
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600

@@ -16,6 +16,7 @@ from agent.daemon.config import load_settings
 from agent.service.target import (
     Account,
     ServiceError,
+    ServiceSpec,
     Target,
     daemon_program,
     exit_code,
@@ -23,6 +24,7 @@ from agent.service.target import (
     service_spec,
 )
 from agent.support import exitcodes, proc
+from agent.support.proxy import proxy_for
 from tests.service.service_helpers import ENVAGENT, GID, UID, USER, spec
 
 TIMEOUT_S = 5.0
@@ -270,3 +272,91 @@ def test_without_an_envagent_script_the_program_is_this_python(
     monkeypatch.setattr(sys, "executable", str(python))
 
     assert daemon_program() == (str(python), "-m", "agent")
+
+
+# What the service is given of the shell's network environment.
+
+
+def spec_here(tmp_path: Path) -> ServiceSpec:
+    """The spec an install in this process's environment makes."""
+    return service_spec(load_settings({"workdir": str(tmp_path)}, {}), config_named=False)
+
+
+def test_the_proxy_variables_are_carried_by_the_names_the_daemon_read(
+    tmp_path: Path, no_network: pytest.MonkeyPatch
+) -> None:
+    """Lower case first, as the daemon reads them; an empty one counts as unset, so its other
+    case is the one read; the one not read is not carried."""
+    no_network.setenv("https_proxy", "http://alice:s3cret@proxy.corp:3128")
+    no_network.setenv("HTTPS_PROXY", "http://not-read.corp:3128")
+    no_network.setenv("http_proxy", "")
+    no_network.setenv("HTTP_PROXY", "proxy.corp:8080")
+    no_network.setenv("NO_PROXY", "localhost,.internal.corp")
+
+    made = spec_here(tmp_path)
+
+    assert made.network == {
+        "https_proxy": "http://alice:s3cret@proxy.corp:3128",
+        "HTTP_PROXY": "proxy.corp:8080",
+        "NO_PROXY": "localhost,.internal.corp",
+    }
+    hidden = {**made.network, "https_proxy": "http://alice:***@proxy.corp:3128"}
+    assert made.network_shown == hidden
+    for url in (
+        "https://api.letta.com",
+        "wss://api.letta.com/x",
+        "http://a.example",
+        "https://b.internal.corp",
+    ):
+        assert proxy_for(url, made.network) == proxy_for(url, os.environ), url
+
+
+@pytest.mark.parametrize("empty", [False, True], ids=["unset", "empty"])
+def test_with_no_network_variable_set_nothing_is_carried(
+    tmp_path: Path, no_network: pytest.MonkeyPatch, empty: bool
+) -> None:
+    if empty:
+        for name in ("HTTPS_PROXY", "no_proxy", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+            no_network.setenv(name, "")
+
+    assert spec_here(tmp_path).network == {}
+
+
+def test_a_relative_or_home_ca_file_is_made_absolute(
+    tmp_path: Path, no_network: pytest.MonkeyPatch
+) -> None:
+    """The service's working directory and HOME are not the shell's."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    (work / "certs").mkdir(parents=True)
+    home.mkdir()
+    (work / "certs" / "corp.pem").write_text("PEM")
+    (home / "ca.pem").write_text("PEM")
+    no_network.setenv("HOME", str(home))
+    no_network.chdir(work)
+    no_network.setenv("SSL_CERT_FILE", "certs/corp.pem")
+    no_network.setenv("REQUESTS_CA_BUNDLE", "~/ca.pem")
+
+    assert spec_here(tmp_path).network == {
+        "SSL_CERT_FILE": str(work / "certs" / "corp.pem"),
+        "REQUESTS_CA_BUNDLE": str(home / "ca.pem"),
+    }
+
+
+@pytest.mark.parametrize("folder", [False, True], ids=["missing", "folder"])
+def test_a_ca_file_that_is_not_a_file_is_refused(
+    tmp_path: Path, no_network: pytest.MonkeyPatch, folder: bool
+) -> None:
+    no_network.chdir(tmp_path)
+    if folder:
+        (tmp_path / "ca.pem").mkdir()
+    no_network.setenv("REQUESTS_CA_BUNDLE", "ca.pem")
+
+    with pytest.raises(ServiceError) as refused:
+        spec_here(tmp_path)
+
+    assert refused.value.code == exitcodes.CONFIG
+    problem = "is not a file" if folder else "does not exist"
+    assert str(refused.value) == (
+        f"REQUESTS_CA_BUNDLE=ca.pem: {tmp_path / 'ca.pem'} {problem}: name a PEM file of CA "
+        "certificates, or unset it, and install again"
+    )

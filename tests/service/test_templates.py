@@ -24,7 +24,7 @@ PLIST_VALUES = {"label", "program_arguments", "environment_variables", "log_path
 PLACEHOLDERS = {
     "envagent-user.service": UNIT_VALUES,
     "envagent-system.service": UNIT_VALUES | {"user", "read_write_paths"},
-    "envagent.env": {"api_key", "base_url"},
+    "envagent.env": {"api_key", "base_url", "network"},
     "launchd-agent.plist": PLIST_VALUES,
     "launchd-daemon.plist": PLIST_VALUES | {"user"},
     "launchd-settings.toml": {"settings"},
@@ -42,10 +42,12 @@ def test_every_template_has_exactly_the_placeholders_the_code_fills() -> None:
 
 
 def test_render_fills_the_shipped_template() -> None:
-    text = render("envagent.env", api_key='"k"', base_url="")
+    text = render("envagent.env", api_key='"k"', base_url="", network="")
 
     source = (REPO / "service_files" / "envagent.env").read_text(encoding="utf-8")
-    assert text == source.replace("$api_key", '"k"').replace("$base_url", "")
+    assert text == source.replace("$api_key", '"k"').replace("$base_url", "").replace(
+        "$network", ""
+    )
 
 
 def test_a_missing_value_is_a_key_error() -> None:
@@ -55,7 +57,7 @@ def test_a_missing_value_is_a_key_error() -> None:
 
 def test_a_value_is_not_read_as_a_placeholder() -> None:
     """A value holding `$name` stays as it is: substitution is one pass."""
-    text = render("envagent.env", api_key="$base_url", base_url="u")
+    text = render("envagent.env", api_key="$base_url", base_url="u", network="")
 
     assert "LETTA_API_KEY=$base_url\n" in text
 

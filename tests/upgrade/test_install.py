@@ -443,7 +443,7 @@ async def test_an_upgrade_outlives_its_session_and_still_restarts(
         assert release.wait(WAIT_S)
         return Result(Outcome.UPGRADED, "1", "2", "upgraded envagent 1 → 2")
 
-    monkeypatch.setattr("agent.daemon.commands.upgrade", slow_upgrade)
+    monkeypatch.setattr("agent.upgrade.install.upgrade", slow_upgrade)  # imported when run
     host = Host()
     command = asyncio.create_task(
         Commands(host).run(ExecuteCommandFrame(command_id="upgrade", request_id="u-1"))

@@ -279,10 +279,13 @@ class Session:
     async def _heartbeat(self, ws: ClientConnection) -> SessionEnd:
         while True:
             await asyncio.sleep(heartbeat_delay(self._heartbeat_s, self._rand))
-            if self.watchdog.tick() is Tick.DEAD:
+            tick = self.watchdog.tick()
+            if tick is Tick.DEAD:
                 log.warning("%d pings unanswered: dropping the socket", self.watchdog.unanswered)
                 why = "the platform stopped answering"
                 return SessionEnd(CloseAction.RECONNECT, why, self._connected_at, "dead_peer")
+            if tick is Tick.WAIT:
+                continue
             ping = PingFrame(current_mode=self._host.mode, sent_at=now_ms())
             await self._send(ws, ping.to_json())
             if await self._host.refresh():

@@ -29,6 +29,10 @@ BACKOFF_JITTER = 0.5
 cut off at once do not come back in step."""
 REREGISTER_AFTER_S = 300.0
 MAX_UNANSWERED_PINGS = 3
+MIN_SILENCE_S = 2.0
+"""The peer is given up only after this long without a pong too: at a period far below the round
+trip (a platform assigning 1 ms), three pings go out before any pong can come back. At the usual
+periods three unanswered pings take far longer than this, so it changes nothing there."""
 HEARTBEAT_JITTER = 0.1
 DEFAULT_HEARTBEAT_S = 30.0
 RTT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -117,13 +121,18 @@ def close_cause(code: int | None) -> EndCause:
 
 class Tick(enum.Enum):
     PING = "ping"
+    WAIT = "wait"
+    """Three pings are out but the peer has not been silent long: send no more, wait."""
     DEAD = "dead"
 
 
 @dataclass
 class Watchdog:
     """Counts pings without a pong. Counting pings, not wall time, means a laptop that wakes
-    from sleep sends a ping and waits, instead of killing a socket that may be fine."""
+    from sleep sends a ping and waits, instead of killing a socket that may be fine. The peer
+    must also have been silent for `MIN_SILENCE_S` (on the monotonic clock, which stands still
+    while the machine sleeps), so that a very short period cannot make a slow pong a dead peer.
+    """
 
     unanswered: int = 0
     sent: int = 0
@@ -135,19 +144,27 @@ class Watchdog:
         default_factory=lambda: deque(maxlen=MAX_UNANSWERED_PINGS), init=False, repr=False
     )
     """When the pings still unanswered were sent, oldest first."""
+    _heard_at: float | None = field(default=None, init=False, repr=False)
+    """The last proof of life: a pong, or the socket opening."""
 
     def tick(self) -> Tick:
-        """Called each heartbeat period, just before the ping: ping again, or give the peer up."""
+        """Called each heartbeat period, just before the ping: ping again, wait, or give the
+        peer up."""
+        now = self.clock()
         if self.unanswered >= MAX_UNANSWERED_PINGS:
-            return Tick.DEAD
-        self._sent_at.append(self.clock())
+            heard = self._heard_at if self._heard_at is not None else now
+            return Tick.DEAD if now - heard >= MIN_SILENCE_S else Tick.WAIT
+        if self._heard_at is None:
+            self._heard_at = now
+        self._sent_at.append(now)
         self.unanswered += 1
         self.sent += 1
         return Tick.PING
 
     def pong(self) -> None:
+        now = self._heard_at = self.clock()
         if self._sent_at:
-            self.rtt.observe(self.clock() - self._sent_at.popleft())
+            self.rtt.observe(now - self._sent_at.popleft())
         self.unanswered = 0
         self.answered += 1
 
@@ -155,6 +172,7 @@ class Watchdog:
         """Pings of an old socket say nothing about a new one; the totals go on."""
         self.unanswered = 0
         self._sent_at.clear()
+        self._heard_at = self.clock()
 
 
 @dataclass(frozen=True)

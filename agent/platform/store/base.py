@@ -115,6 +115,15 @@ def describe_location(location: Path | str) -> str:
 
 
 @dataclass(frozen=True)
+class RowRef:
+    """A row that changed in a way a person sees, and its organization: what the live channel
+    is told (`platform.events`), so that only pods with a stream of that organization read it."""
+
+    organization_id: str
+    row_id: str
+
+
+@dataclass(frozen=True)
 class Lease:
     """A pod's right to write presence: its id and the generation it joined with. Fencing raises
     the generation, so every write carrying the old one changes nothing."""
@@ -198,6 +207,9 @@ class Store(ABC):
     def __init__(self) -> None:
         self._failing = False
         """A statement failed for a cause that may pass, and none has worked since."""
+        self.on_change: Callable[[list[RowRef]], None] = _nobody
+        """Told, after the write, of every row a write changed in a way a person sees (a
+        heartbeat alone is not): set by the live channel's bus (`platform.events`)."""
 
     def _unavailable(self, cause: str, what: str = "take writes") -> StoreUnavailable:
         """What to raise for a statement that may work later; the cause is logged once per
@@ -238,6 +250,14 @@ class Store(ABC):
     async def _write(self, sql: str, *params: Any) -> tuple[list[tuple[Any, ...]], int]:
         """Run one writing statement to its end: (the rows it returned, the rows it changed).
         StoreUnavailable when the database cannot take it now but may later."""
+
+    async def _write_rows(self, sql: str, *params: Any) -> bool:
+        """Run a write that ends `RETURNING organization_id, id`, tell `on_change` of the rows
+        it changed; whether there were any."""
+        rows, _ = await self._write(sql, *params)
+        if rows:
+            self.on_change([RowRef(*row) for row in rows])
+        return bool(rows)
 
     # --- API keys ----------------------------------------------------------------------------
 
@@ -318,6 +338,7 @@ class Store(ABC):
             now,
             now,
         )
+        self.on_change([RowRef(key.organization_id, row_id)])
         return row_id, connection_id
 
     async def find_issued(
@@ -337,10 +358,10 @@ class Store(ABC):
     ) -> bool:
         """The socket opening counts as the first heartbeat: online at once. False (nothing
         written) when `lease` is fenced."""
-        _, changed = await self._write(
+        changed = await self._write_rows(
             "UPDATE environments SET connection_id = ?, connected_at = ?, last_heartbeat = ?, "  # noqa: S608
             "last_seen_at = ?, pod_id = ?, connection_name = COALESCE(?, connection_name) "
-            f"WHERE id = ? AND {LEASE_HOLDS}",
+            f"WHERE id = ? AND {LEASE_HOLDS} RETURNING organization_id, id",
             connection_id,
             now,
             now,
@@ -351,15 +372,16 @@ class Store(ABC):
             lease.pod_id,
             lease.generation,
         )
-        return changed > 0
+        return changed
 
     async def record_heartbeat(
         self, row_id: str, connection_id: str, mode: Mode | None, now: int, lease: Lease
     ) -> None:
-        await self._write(
+        """A ping that carries a new mode (the relay batches the others: `presence`)."""
+        await self._write_rows(
             "UPDATE environments SET last_heartbeat = ?, last_seen_at = ?, "  # noqa: S608
             "current_mode = COALESCE(?, current_mode) WHERE id = ? AND connection_id = ? "
-            f"AND {LEASE_HOLDS}",
+            f"AND {LEASE_HOLDS} RETURNING organization_id, id",
             now,
             now,
             mode,
@@ -380,8 +402,19 @@ class Store(ABC):
         """The messages left for `pod_id`, oldest first, removed as they are read."""
         raise NotImplementedError("one platform process: there is no other pod")
 
-    async def listen(self, pod_id: str, signalled: Callable[[], None]) -> Listening:
-        """Call `signalled` whenever a message is left for `pod_id`, until stopped."""
+    async def listen(
+        self,
+        pod_id: str,
+        signalled: Callable[[], None],
+        changed: Callable[[list[RowRef]], None],
+    ) -> Listening:
+        """Call `signalled` whenever a message is left for `pod_id`, and `changed` with the rows
+        any pod `announce`s, until stopped."""
+        raise NotImplementedError("one platform process: there is no other pod")
+
+    async def announce(self, changes: Sequence[RowRef]) -> None:
+        """Tell every pod's `listen` of these changed rows. Only a database several pods share
+        carries them; SQLite's one process tells itself (`platform.events`)."""
         raise NotImplementedError("one platform process: there is no other pod")
 
     async def join(self, pod_id: str, now: int) -> Lease:
@@ -421,21 +454,25 @@ class Store(ABC):
             await self._release_rows(pod_id)
         return [pod_id for (pod_id,) in fenced]
 
-    async def _release_rows(self, pod_id: str) -> int:
-        _, changed = await self._write(
+    async def _release_rows(self, pod_id: str) -> bool:
+        return await self._write_rows(
             "UPDATE environments SET connection_id = NULL, connected_at = NULL, pod_id = NULL "
-            "WHERE pod_id = ?",
+            "WHERE pod_id = ? RETURNING organization_id, id",
             pod_id,
         )
-        return changed
 
     async def apply_device_status(self, row_id: str, status: DeviceStatus, now: int) -> None:
         """Fold what `update_device_status` reported into the row's metadata and mode."""
-        found = await self._one("SELECT metadata FROM environments WHERE id = ?", row_id)
+        found = await self._one(
+            "SELECT organization_id, metadata, current_mode, connection_name FROM environments "
+            "WHERE id = ?",
+            row_id,
+        )
         if not found:
             return
-        metadata: dict[str, Any] = json.loads(found[0])
-        metadata.update(status.metadata_changes())
+        organization_id, before, mode, name = found
+        old: dict[str, Any] = json.loads(before)
+        metadata = {**old, **status.metadata_changes()}
         await self._write(
             "UPDATE environments SET metadata = ?, last_seen_at = ?, "
             "current_mode = COALESCE(?, current_mode), "
@@ -446,6 +483,12 @@ class Store(ABC):
             status.connection_name or None,
             row_id,
         )
+        if (
+            metadata != old
+            or status.current_permission_mode not in (None, mode)
+            or status.connection_name not in (None, name)
+        ):
+            self.on_change([RowRef(organization_id, row_id)])
 
     async def mark_disconnected(
         self, row_id: str, connection_id: str, pod_id: str, connected_at: int, now: int
@@ -453,21 +496,20 @@ class Store(ABC):
         """Offline at once, if the row is still the ending socket's: the socket `pod_id` wrote
         online at `connected_at` (unique per pod and row). A daemon comes back with the
         connection id it holds, so a newer socket, here or on another pod, may share it."""
-        _, changed = await self._write(
+        return await self._write_rows(
             "UPDATE environments SET connection_id = NULL, connected_at = NULL, pod_id = NULL, "
             "last_seen_at = ? WHERE id = ? AND connection_id = ? AND pod_id = ? "
-            "AND connected_at = ?",
+            "AND connected_at = ? RETURNING organization_id, id",
             now,
             row_id,
             connection_id,
             pod_id,
             connected_at,
         )
-        return changed > 0
 
     async def clear_connections(self) -> int:
         """At the start of a platform that is the database's only process (SQLite) no socket
-        is open, whatever the rows say after a crash."""
+        is open, whatever the rows say after a crash. Not announced: no stream is open yet."""
         _, changed = await self._write(
             "UPDATE environments SET connection_id = NULL, connected_at = NULL, pod_id = NULL "
             "WHERE connection_id IS NOT NULL OR pod_id IS NOT NULL"
@@ -481,6 +523,18 @@ class Store(ABC):
             organization_id,
         )
         return _to_row(found) if found else None
+
+    async def rows(self, row_ids: Sequence[str]) -> list[EnvironmentRow]:
+        """These rows as the listing shows them, in one statement, whatever their organization
+        (each row says its own): the live channel reads each changed row once a pod."""
+        if not row_ids:
+            return []
+        marks = ", ".join("?" * len(row_ids))
+        found = await self._all(
+            f"SELECT {_ROW_COLUMNS} FROM environments WHERE id IN ({marks})",  # noqa: S608
+            *row_ids,
+        )
+        return [_to_row(row) for row in found]
 
     async def get_by_device(self, organization_id: str, device_id: str) -> EnvironmentRow | None:
         """The row of this device; the one without a listener instance id comes first."""
@@ -528,6 +582,10 @@ class Store(ABC):
             connections=[_to_row(row) for row in rows[: query.limit]],
             has_next_page=len(rows) > query.limit,
         )
+
+
+def _nobody(changes: list[RowRef]) -> None:
+    """No live channel listens (a store opened by a command, or by a test)."""
 
 
 def _to_row(values: tuple[Any, ...]) -> EnvironmentRow:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
+from pydantic import TypeAdapter, ValidationError
 
 from agent.platform.store.base import (
     BY_USER_INDEX,
@@ -28,6 +30,7 @@ from agent.platform.store.base import (
     Lease,
     Listening,
     Message,
+    RowRef,
     Store,
     StoreError,
     describe_location,
@@ -98,6 +101,13 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 """The statements that take a database from version N to N + 1 (PostgreSQL support began at
 version 2)."""
+
+CHANGES_CHANNEL = "envagent_rows"
+"""Where every pod announces the rows it changed (`announce`) and listens for the others'."""
+CHANGES_PER_NOTIFY = 7_000
+"""Bytes of changes in one NOTIFY: its payload must stay under 8,000."""
+_CHANGES: TypeAdapter[list[tuple[str, str]]] = TypeAdapter(list[tuple[str, str]])
+"""A NOTIFY's changes: `[[organization id, row id], ...]`."""
 
 _TRY_AGAIN_CLASSES = ("08", "53", "57")
 """SQLSTATE classes that may pass: connection exceptions, insufficient resources (a full disk,
@@ -210,17 +220,38 @@ class PostgresStore(Store):
         )
         return [Message(*tuple(row)[1:]) for row in sorted(rows, key=lambda row: row[0])]
 
-    async def listen(self, pod_id: str, signalled: Callable[[], None]) -> Listening:
+    async def announce(self, changes: Sequence[RowRef]) -> None:
+        """One statement, however many NOTIFYs the changes fill."""
+        await self._run(
+            self._pool.execute,
+            "SELECT pg_notify(?, payload) FROM unnest(?::text[]) AS payload",
+            (CHANGES_CHANNEL, _payloads(changes)),
+        )
+
+    async def listen(
+        self,
+        pod_id: str,
+        signalled: Callable[[], None],
+        changed: Callable[[list[RowRef]], None],
+    ) -> Listening:
         """A connection of its own, outside the pool (which would take a dropped one back),
-        LISTENing on the pod's channel."""
+        LISTENing on the pod's channel and on the changes'."""
         channel = _channel(pod_id)
 
         def heard(*_: object) -> None:
             signalled()
 
+        def announced(_connection: object, _pid: int, _channel: str, payload: object) -> None:
+            try:
+                pairs = _CHANGES.validate_json(str(payload))
+            except ValidationError:  # not from a pod of ours
+                return
+            changed([RowRef(*pair) for pair in pairs])
+
         try:
             connection = await asyncpg.connect(self._url, command_timeout=STATEMENT_TIMEOUT_S)
             await connection.add_listener(channel, heard)
+            await connection.add_listener(CHANGES_CHANNEL, announced)
         except _CONNECTION_FAILURES as exc:
             raise self._unavailable(repr(exc), "listen") from None
 
@@ -278,6 +309,24 @@ def _numbered(sql: str) -> str:
 def _channel(pod_id: str) -> str:
     """A channel name for any pod id: identifiers are at most 63 bytes."""
     return "envagent_" + hashlib.sha256(pod_id.encode()).hexdigest()[:32]
+
+
+def _payloads(changes: Sequence[RowRef]) -> list[str]:
+    """The changes as NOTIFY payloads of at most `CHANGES_PER_NOTIFY` bytes (one change a
+    payload at least), as `_CHANGES` reads them."""
+    payloads: list[str] = []
+    pairs: list[str] = []
+    size = 0
+    for change in changes:
+        pair = json.dumps([change.organization_id, change.row_id], separators=(",", ":"))
+        if pairs and size + len(pair) + 1 > CHANGES_PER_NOTIFY:
+            payloads.append(f"[{','.join(pairs)}]")
+            pairs, size = [], 0
+        pairs.append(pair)
+        size += len(pair) + 1
+    if pairs:
+        payloads.append(f"[{','.join(pairs)}]")
+    return payloads
 
 
 def _changed(status: str) -> int:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from agent.daemon.session.policy import (
+    MIN_SILENCE_S,
     REREGISTER_AFTER_S,
     CloseAction,
     ReconnectPolicy,
@@ -78,12 +79,43 @@ def test_close_codes(code: int | None, reason: str | None, action: CloseAction) 
     assert close_action(code, reason) is action
 
 
-def test_watchdog_gives_up_after_three_unanswered_pings() -> None:
-    dog = Watchdog()
+def test_watchdog_gives_up_after_three_unanswered_pings_and_a_silence() -> None:
+    now = [0.0]
+    dog = Watchdog(clock=lambda: now[0])
+    dog.new_connection()
     assert [dog.tick() for _ in range(3)] == [Tick.PING] * 3
-    dog.pong()  # any pong clears the count
-    assert [dog.tick() for _ in range(4)] == [Tick.PING, Tick.PING, Tick.PING, Tick.DEAD]
+    now[0] += 1.0
+    dog.pong()  # any pong clears the count, and is heard at 1 s
+    assert [dog.tick() for _ in range(3)] == [Tick.PING] * 3
+    now[0] = 1.0 + MIN_SILENCE_S - 0.001
+    assert dog.tick() is Tick.WAIT  # three out, but not silent long enough: no fourth ping
+    now[0] = 1.0 + MIN_SILENCE_S
+    assert dog.tick() is Tick.DEAD
     assert (dog.sent, dog.answered, dog.unanswered) == (6, 1, 3)
+
+
+def test_a_period_far_below_the_round_trip_never_makes_a_dead_peer() -> None:
+    """A platform assigning 1 ms: three pings go out in 3 ms, the pong comes 5 ms later."""
+    now = [0.0]
+    dog = Watchdog(clock=lambda: now[0])
+    dog.new_connection()
+    ticks = []
+    for _ in range(1_000):
+        ticks.append(dog.tick())
+        now[0] += 0.001
+        if len(ticks) % 8 == 0:  # a pong every 8 ms
+            dog.pong()
+    assert Tick.DEAD not in ticks and Tick.WAIT in ticks
+    assert dog.answered == 125
+
+
+def test_the_silence_counts_from_the_socket_opening_when_no_pong_came() -> None:
+    now = [50.0]
+    dog = Watchdog(clock=lambda: now[0])
+    dog.new_connection()
+    assert [dog.tick() for _ in range(3)] == [Tick.PING] * 3
+    now[0] = 50.0 + MIN_SILENCE_S
+    assert dog.tick() is Tick.DEAD
 
 
 def test_watchdog_times_each_pong_from_its_ping() -> None:

@@ -1,0 +1,218 @@
+"""The live channel's bus on one pod (`platform.stream` serves it): which rows changed, each read
+once, pushed to every stream of its organization here.
+
+The store says which rows a write changed (`Store.on_change`). Pods sharing PostgreSQL announce
+them through the database (`Store.announce`: a NOTIFY every pod listens to), so that a stream on
+any pod hears of a change made on any other; on SQLite the one process tells itself. A pod reads
+a changed row only when it serves a stream of the row's organization, and once however many of
+its streams show it. Bursts coalesce without a timer: what changes while an announcement or a
+read is under way goes in the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+from agent.platform.metrics import PlatformMetrics
+from agent.platform.settings import PlatformSettings
+from agent.platform.store.base import RowRef, Store, StoreUnavailable
+from agent.protocol.models import WireModel
+
+log = logging.getLogger("envagent.platform")
+
+READY_EVENT = "ready"
+ENVIRONMENT_EVENT = "environment"
+KEEPALIVE = b": keep-alive\n\n"
+ROWS_PER_READ = 100
+"""Changed rows read in one statement: a fenced pod's thousands of rows reach the streams in
+steps, each well inside a stream's buffer."""
+RETRY_S = 1.0
+"""How long an announcement the database refused waits before it is tried again."""
+FLUSH_S = 2.0
+"""What the last announcements may take when the platform stops, before they are given up."""
+
+
+def server_sent_event(name: str, data: WireModel) -> bytes:
+    """One event of a `text/event-stream`: compact JSON holds no newline, so one data line."""
+    return f"event: {name}\ndata: {data.to_json()}\n\n".encode()
+
+
+class TooManyStreams(Exception):
+    """This pod serves `max_event_streams` already."""
+
+
+class Stream:
+    """One subscriber's waiting events. `push` never blocks and never keeps more than
+    `limit_bytes`: a stream whose reader is that far behind is ended and `cut` (its connection
+    dropped, since a reader that does not read would not take a clean end either)."""
+
+    def __init__(self, organization_id: str, limit_bytes: int, cut: Callable[[], None]) -> None:
+        self.organization_id = organization_id
+        self._limit = limit_bytes
+        self._cut = cut
+        self._waiting: list[bytes] = []
+        self._size = 0
+        self._wake = asyncio.Event()
+        self.ended = False
+        self.overflowed = False
+
+    def push(self, event: bytes) -> None:
+        if self.ended:
+            return
+        if self._size + len(event) > self._limit:
+            self.overflowed = True
+            self.end()
+            self._cut()
+            return
+        self._waiting.append(event)
+        self._size += len(event)
+        self._wake.set()
+
+    def end(self) -> None:
+        """No more events: what waits is dropped, and `next` says the stream is over."""
+        self.ended = True
+        self._waiting, self._size = [], 0
+        self._wake.set()
+
+    async def next(self, wait_s: float) -> list[bytes] | None:
+        """The waiting events, as soon as there are any; [] after `wait_s` without one (a
+        keep-alive is due); None once the stream has ended."""
+        if not self._waiting and not self.ended:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._wake.wait()
+        self._wake.clear()
+        if self.ended:
+            return None
+        events, self._waiting, self._size = self._waiting, [], 0
+        return events
+
+
+class Events:
+    """The streams this pod serves, and the changes on their way to them. `shared`: other pods
+    use the database too, so changes go through it."""
+
+    def __init__(
+        self, store: Store, settings: PlatformSettings, metrics: PlatformMetrics, shared: bool
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._metrics = metrics
+        self._shared = shared
+        self._streams: dict[str, set[Stream]] = {}
+        """The open streams, by organization."""
+        self._outgoing: dict[RowRef, None] = {}
+        """Changes to announce, in order, each once."""
+        self._incoming: dict[str, str] = {}
+        """Changed rows to read, by id, with their organization."""
+        self._announcing: asyncio.Task[None] | None = None
+        self._reading: asyncio.Task[None] | None = None
+        self._stopped = False
+        store.on_change = self.changed
+
+    def open(self, organization_id: str, cut: Callable[[], None]) -> Stream:
+        """A new stream of `organization_id`'s changes; TooManyStreams at the pod's limit."""
+        if self._metrics.event_streams_open >= self._settings.max_event_streams:
+            raise TooManyStreams(self._settings.max_event_streams)
+        stream = Stream(organization_id, self._settings.event_buffer_bytes, cut)
+        self._streams.setdefault(organization_id, set()).add(stream)
+        self._metrics.event_streams_open += 1
+        return stream
+
+    def close(self, stream: Stream) -> None:
+        streams = self._streams.get(stream.organization_id, set())
+        if stream not in streams:
+            return
+        streams.discard(stream)
+        if not streams:
+            del self._streams[stream.organization_id]
+        self._metrics.event_streams_open -= 1
+        self._metrics.event_streams_cut += stream.overflowed
+
+    def changed(self, changes: list[RowRef]) -> None:
+        """The store wrote these rows: announced to every pod, or heard here when this is the
+        database's only process."""
+        if self._stopped:
+            return
+        if not self._shared:
+            self.heard(changes)
+            return
+        self._outgoing.update(dict.fromkeys(changes))
+        if self._announcing is None or self._announcing.done():
+            self._announcing = self._start(self._announce())
+
+    async def _announce(self) -> None:
+        while self._outgoing:
+            batch = list(self._outgoing)
+            self._outgoing.clear()
+            try:
+                await self._store.announce(batch)
+            except StoreUnavailable:  # logged by the store, once an outage: tried again
+                self._outgoing = dict.fromkeys(batch) | self._outgoing
+                await asyncio.sleep(RETRY_S)
+
+    def heard(self, changes: Iterable[RowRef]) -> None:
+        """Rows changed, here or on another pod: those a stream here shows are read."""
+        if self._stopped:
+            return
+        for change in changes:
+            if change.organization_id in self._streams:
+                self._incoming[change.row_id] = change.organization_id
+        if self._incoming and (self._reading is None or self._reading.done()):
+            self._reading = self._start(self._read())
+
+    async def _read(self) -> None:
+        while self._incoming:
+            batch = dict(itertools.islice(self._incoming.items(), ROWS_PER_READ))
+            for row_id in batch:
+                del self._incoming[row_id]
+            try:
+                rows = await self._store.rows(list(batch))
+            except StoreUnavailable:  # logged by the store: these streams would miss a change
+                for organization_id in set(batch.values()):
+                    self._end(self._streams.get(organization_id, set()))
+                continue
+            for row in rows:
+                streams = self._streams.get(row.organization_id)
+                if streams:
+                    event = server_sent_event(ENVIRONMENT_EVENT, row)
+                    for stream in list(streams):
+                        stream.push(event)
+
+    async def end_all(self) -> None:
+        """Every stream ends cleanly, and its page reconnects and reads the listing again: the
+        platform is stopping, or this pod may have missed changes (it could not listen)."""
+        for streams in self._streams.values():
+            self._end(streams)
+
+    @staticmethod
+    def _end(streams: Iterable[Stream]) -> None:
+        for stream in streams:
+            stream.end()
+
+    async def quiesce(self) -> None:
+        """Once every stream has ended and before the store closes: the last changes are
+        announced (for a while), and nothing is read or announced after."""
+        self._stopped = True
+        pending = [task for task in (self._announcing, self._reading) if task is not None]
+        if self._announcing is not None:
+            await asyncio.wait([self._announcing], timeout=FLUSH_S)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        task.add_done_callback(_said_if_failed)
+        return task
+
+
+def _said_if_failed(task: asyncio.Task[None]) -> None:
+    failure = None if task.cancelled() else task.exception()
+    if failure is not None:
+        log.error("the live channel failed: %r", failure, exc_info=failure)
