@@ -13,7 +13,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 TESTENV := $(VENV)/.installed-test
 
-.PHONY: run test test-fast lint bench dist clean
+.PHONY: run test test-fast lint bench mutation dist clean
 
 # The runtime: .venv and the project with its dependencies, nothing else.
 $(RUNTIME): pyproject.toml
@@ -49,6 +49,12 @@ test-fast: lint
 # Benchmarks, not tests: run them on a quiet machine (the full run takes about 15 minutes).
 bench: $(TESTENV)
 	$(BIN)/python -m tests.bench.run
+
+# Mutation testing of the pure modules, each against its own tests (docs/mutation.md): most of an
+# hour, so not part of `test`. At nice 19, one module at a time, in copies of the tree under
+# build/mutation/ (never here); the summary is build/mutation/summary.md.
+mutation: $(TESTENV)
+	nice -n 19 $(BIN)/python -m tests.mutation.run
 
 # The wheel and the sdist, in dist/ (emptied first, so that dist/envagent-*.whl is this version).
 # `python -m build` is the standard PEP 517 front end: it builds in an isolated environment from

@@ -1,5 +1,8 @@
 """Reading the live channel (`GET /v1/environments/events`) as the dashboard does: a plain HTTP
-stream read line by line (httpx), parsed as server-sent events. Every wait is bounded."""
+stream read line by line (httpx), parsed as server-sent events. Every wait is bounded.
+
+A `heartbeats` event comes once a presence flush while a daemon pings: the readers of rows
+(`next_event`, `row_where`) pass them by, `heartbeats` reads them."""
 
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ from typing import Any
 
 import httpx
 
-from agent.protocol.models import EnvironmentRow, EventsReady
+from agent.protocol.models import EnvironmentRow, EventsHeartbeats, EventsReady
 from tests.helpers import WAIT_S, Platform
+from tests.metrics_helpers import Scrape, scrape
 
 EVENTS_PATH = "/v1/environments/events"
 
@@ -32,6 +36,14 @@ class Event:
         row: dict[str, Any] = json.loads(self.data)
         assert EnvironmentRow.model_validate(row).to_wire() == row
         return row
+
+    def heartbeats(self) -> dict[str, int]:
+        """A `heartbeats` event's values, by row id, exactly as the model writes them."""
+        assert self.name == "heartbeats", self
+        values: dict[str, Any] = json.loads(self.data)
+        assert EventsHeartbeats.model_validate(values).to_wire() == values
+        beats: dict[str, int] = values["lastHeartbeat"]
+        return beats
 
 
 class EventReader:
@@ -58,11 +70,18 @@ class EventReader:
         raise AssertionError("the stream ended")
 
     async def next_event(self, within: float = WAIT_S) -> Event:
-        """The next event, past any keep-alive comment."""
+        """The next event, past any keep-alive comment and `heartbeats` event."""
         async with asyncio.timeout(within):
-            while (event := await self.next()).name is None:
+            while (event := await self.next()).name in (None, "heartbeats"):
                 pass
         return event
+
+    async def heartbeats(self, within: float = WAIT_S) -> dict[str, int]:
+        """The next `heartbeats` event's values, past any other event or comment."""
+        async with asyncio.timeout(within):
+            while (event := await self.next()).name != "heartbeats":
+                pass
+        return event.heartbeats()
 
     async def row_where(
         self, accept: Callable[[dict[str, Any]], bool], within: float = WAIT_S
@@ -92,9 +111,41 @@ async def settle(events: EventReader, platform: Platform, marker: str) -> None:
 
 
 async def nothing_before(events: EventReader, platform: Platform, marker: str) -> None:
-    """No event is waiting, nor on its way: a change of another row, made now, is the next."""
+    """No change is waiting, nor on its way: a change of another row, made now, is the next
+    (past `heartbeats` events)."""
     await platform.register(marker)
     assert (await events.next_event()).row()["deviceId"] == marker
+
+
+async def events_before(
+    events: EventReader, platform: Platform, marker: str, key: str | None = None
+) -> list[Event]:
+    """Every event that came, or was on its way, before a change of another row made now (with
+    `key`, in its organization); comments left out."""
+    await platform.register(marker, key)
+    seen = []
+    async with asyncio.timeout(WAIT_S):
+        while (event := await events.next()).name != "environment" or (
+            event.row()["deviceId"] != marker
+        ):
+            if event.name is not None:
+                seen.append(event)
+    return seen
+
+
+def store_calls(found: Scrape, operation: str) -> float:
+    """How many times a pod ran a store operation (`rows`, `announce`, ...), as scraped."""
+    return sum(
+        sample.value
+        for sample in found.samples
+        if sample.name == "envagent_platform_store_seconds_count"
+        and sample.labels["operation"] == operation
+    )
+
+
+async def flushes(platform: Platform) -> float:
+    """The presence flushes (`record_heartbeats`) the platform's pod has written so far."""
+    return store_calls(await scrape(platform.http, platform.url), "record_heartbeats")
 
 
 @contextlib.asynccontextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -178,6 +179,10 @@ class Daemon:
                 settings.workdir, settings.client_version or __version__, Commands.NAMES
             ),
         )
+        # Node, git and the self-update answer are looked up in threads while the rest starts
+        # (the lock, the platform, the local API), so that registration finds them ready.
+        warm_up = asyncio.create_task(environment.collector.collect(), name="metadata warm-up")
+        cleanup.push_async_callback(_settle, warm_up)
         lock = InstanceLock(
             LockHolder(
                 pid=os.getpid(),
@@ -221,9 +226,13 @@ class Daemon:
         """How to reach the platform, checked before anything starts: a CA file or a proxy that
         cannot be used ends the run with one line and CONFIG, as a bad setting does."""
         url = self.settings.base_url
+        route = Route(
+            functools.partial(client_trust, self.settings.ca_file),
+            proxied=url is not None,  # the embedded platform: directly
+        )
         try:
-            trust = await asyncio.to_thread(client_trust, self.settings.ca_file)
-            route = Route(trust, proxied=url is not None)  # the embedded platform: directly
+            if url is not None and url.startswith("https:"):
+                await asyncio.to_thread(lambda: route.trust)  # a bad CA file stops the start
             if url is not None:
                 route.proxy(url)
         except (CAFileError, UnusableProxy) as exc:
@@ -279,3 +288,10 @@ class Daemon:
         log.info("%s: stopping", why)
         self._notifier.stopping()
         self.stopping.set()
+
+
+async def _settle(task: asyncio.Task[object]) -> None:
+    """A start-up task that must not outlive the daemon: done, or cancelled and awaited."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

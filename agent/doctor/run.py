@@ -99,7 +99,7 @@ async def _network(
     except CAFileError as exc:
         # The hops before TLS are still worth checking, with the store used when none is named.
         trust, ca_problem = client_trust(None, environ={}), str(exc)
-    route = Route(trust)
+    route = Route(lambda: trust)
     try:
         proxy, ws_proxy = route.proxy(platform.url), route.proxy(_as_websocket(platform.url))
     except UnusableProxy as exc:

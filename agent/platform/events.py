@@ -1,12 +1,14 @@
 """The live channel's bus on one pod (`platform.stream` serves it): which rows changed, each read
-once, pushed to every stream of its organization here.
+once, pushed to every stream of its organization here; and the heartbeats each presence flush
+wrote, pushed as they are, one event per flush and organization.
 
-The store says which rows a write changed (`Store.on_change`). Pods sharing PostgreSQL announce
-them through the database (`Store.announce`: a NOTIFY every pod listens to), so that a stream on
-any pod hears of a change made on any other; on SQLite the one process tells itself. A pod reads
-a changed row only when it serves a stream of the row's organization, and once however many of
-its streams show it. Bursts coalesce without a timer: what changes while an announcement or a
-read is under way goes in the next one.
+The store says which rows a write changed (`Store.on_change`) and which heartbeats a flush wrote
+(`Store.on_heartbeats`). Pods sharing PostgreSQL announce both through the database
+(`Store.announce`: NOTIFYs every pod listens to), so that a stream on any pod hears of a change
+made on any other; on SQLite the one process tells itself. A pod reads a changed row only when
+it serves a stream of the row's organization, and once however many of its streams show it; a
+heartbeat carries its value, so it is never read. Bursts coalesce without a timer: what changes
+while an announcement or a read is under way goes in the next one.
 """
 
 from __future__ import annotations
@@ -16,17 +18,18 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent.platform.metrics import PlatformMetrics
 from agent.platform.settings import PlatformSettings
-from agent.platform.store.base import RowRef, Store, StoreUnavailable
-from agent.protocol.models import WireModel
+from agent.platform.store.base import Beat, RowRef, Store, StoreUnavailable
+from agent.protocol.models import EventsHeartbeats, WireModel
 
 log = logging.getLogger("envagent.platform")
 
 READY_EVENT = "ready"
 ENVIRONMENT_EVENT = "environment"
+HEARTBEATS_EVENT = "heartbeats"
 KEEPALIVE = b": keep-alive\n\n"
 ROWS_PER_READ = 100
 """Changed rows read in one statement: a fenced pod's thousands of rows reach the streams in
@@ -37,9 +40,16 @@ FLUSH_S = 2.0
 """What the last announcements may take when the platform stops, before they are given up."""
 
 
-def server_sent_event(name: str, data: WireModel) -> bytes:
+class ServerSentEvent(NamedTuple):
+    name: str
+    """What it is, as the metrics count it."""
+    body: bytes
+    """As written on the stream."""
+
+
+def server_sent_event(name: str, data: WireModel) -> ServerSentEvent:
     """One event of a `text/event-stream`: compact JSON holds no newline, so one data line."""
-    return f"event: {name}\ndata: {data.to_json()}\n\n".encode()
+    return ServerSentEvent(name, f"event: {name}\ndata: {data.to_json()}\n\n".encode())
 
 
 class TooManyStreams(Exception):
@@ -55,22 +65,22 @@ class Stream:
         self.organization_id = organization_id
         self._limit = limit_bytes
         self._cut = cut
-        self._waiting: list[bytes] = []
+        self._waiting: list[ServerSentEvent] = []
         self._size = 0
         self._wake = asyncio.Event()
         self.ended = False
         self.overflowed = False
 
-    def push(self, event: bytes) -> None:
+    def push(self, event: ServerSentEvent) -> None:
         if self.ended:
             return
-        if self._size + len(event) > self._limit:
+        if self._size + len(event.body) > self._limit:
             self.overflowed = True
             self.end()
             self._cut()
             return
         self._waiting.append(event)
-        self._size += len(event)
+        self._size += len(event.body)
         self._wake.set()
 
     def end(self) -> None:
@@ -79,7 +89,7 @@ class Stream:
         self._waiting, self._size = [], 0
         self._wake.set()
 
-    async def next(self, wait_s: float) -> list[bytes] | None:
+    async def next(self, wait_s: float) -> list[ServerSentEvent] | None:
         """The waiting events, as soon as there are any; [] after `wait_s` without one (a
         keep-alive is due); None once the stream has ended."""
         if not self._waiting and not self.ended:
@@ -108,12 +118,15 @@ class Events:
         """The open streams, by organization."""
         self._outgoing: dict[RowRef, None] = {}
         """Changes to announce, in order, each once."""
+        self._outgoing_beats: dict[RowRef, Beat] = {}
+        """Heartbeats to announce, the newest of each row."""
         self._incoming: dict[str, str] = {}
         """Changed rows to read, by id, with their organization."""
         self._announcing: asyncio.Task[None] | None = None
         self._reading: asyncio.Task[None] | None = None
         self._stopped = False
         store.on_change = self.changed
+        store.on_heartbeats = self.beaten
 
     def open(self, organization_id: str, cut: Callable[[], None]) -> Stream:
         """A new stream of `organization_id`'s changes; TooManyStreams at the pod's limit."""
@@ -143,16 +156,36 @@ class Events:
             self.heard(changes)
             return
         self._outgoing.update(dict.fromkeys(changes))
+        self._announce_soon()
+
+    def beaten(self, beats: list[Beat]) -> None:
+        """A presence flush wrote these heartbeats: announced to every pod in one statement
+        (with changes waiting, if any), or heard here when this is the database's only
+        process."""
+        if self._stopped:
+            return
+        if not self._shared:
+            self.heard_beats(beats)
+            return
+        for beat in beats:  # flushes that wait on a slow announcement merge: newest wins
+            held = self._outgoing_beats.get(ref := RowRef(beat.organization_id, beat.row_id))
+            if held is None or held.at < beat.at:
+                self._outgoing_beats[ref] = beat
+        self._announce_soon()
+
+    def _announce_soon(self) -> None:
         if self._announcing is None or self._announcing.done():
             self._announcing = self._start(self._announce())
 
     async def _announce(self) -> None:
-        while self._outgoing:
-            batch = list(self._outgoing)
+        while self._outgoing or self._outgoing_beats:
+            batch, beats = list(self._outgoing), list(self._outgoing_beats.values())
             self._outgoing.clear()
+            self._outgoing_beats.clear()
             try:
-                await self._store.announce(batch)
+                await self._store.announce(batch, beats)
             except StoreUnavailable:  # logged by the store, once an outage: tried again
+                # Heartbeats are not: the next flush, a second later, carries newer ones.
                 self._outgoing = dict.fromkeys(batch) | self._outgoing
                 await asyncio.sleep(RETRY_S)
 
@@ -165,6 +198,20 @@ class Events:
                 self._incoming[change.row_id] = change.organization_id
         if self._incoming and (self._reading is None or self._reading.done()):
             self._reading = self._start(self._read())
+
+    def heard_beats(self, beats: Iterable[Beat]) -> None:
+        """Heartbeats one flush wrote, here or on another pod: one event for each organization
+        a stream here shows, to its streams."""
+        if self._stopped:
+            return
+        by_organization: dict[str, dict[str, int]] = {}
+        for beat in beats:
+            if beat.organization_id in self._streams:
+                by_organization.setdefault(beat.organization_id, {})[beat.row_id] = beat.at
+        for organization_id, values in by_organization.items():
+            event = server_sent_event(HEARTBEATS_EVENT, EventsHeartbeats(last_heartbeat=values))
+            for stream in list(self._streams[organization_id]):
+                stream.push(event)
 
     async def _read(self) -> None:
         while self._incoming:

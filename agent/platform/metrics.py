@@ -37,6 +37,9 @@ SILENT_AFTER_PERIODS = 3
 """A socket whose last ping is older than this many heartbeat periods is silent: the daemon
 itself gives its socket up after as many unanswered pings."""
 
+EventType = Literal["environment", "heartbeats"]
+"""What the live channel sends after `ready` (docs/protocol.md, "The live channel")."""
+
 RegistrationOutcome = Literal[
     "created", "reused", "refused_key", "forbidden", "invalid", "unavailable", "error"
 ]
@@ -73,8 +76,8 @@ class PlatformMetrics:
     """Daemons' answers to frames with a request id, by type."""
     event_streams_open: int = 0
     """Live channel streams this pod serves now (`platform.events`)."""
-    events_sent: int = 0
-    """`environment` events written to live channel streams."""
+    events_sent: Counter[str] = field(default_factory=Counter)
+    """Events written to live channel streams, by type (`EventType`)."""
     event_streams_cut: int = 0
     """Streams ended because their reader fell behind (their buffer overflowed)."""
     listing: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_S))
@@ -151,11 +154,14 @@ class PlatformMetrics:
             "Live channel streams open",
             value=self.event_streams_open,
         )
-        yield CounterMetricFamily(
+        sent = CounterMetricFamily(
             "envagent_platform_events_sent",
-            "Environment events written to live channel streams",
-            value=self.events_sent,
+            "Events written to live channel streams, by type",
+            labels=["type"],
         )
+        for event_type in get_args(EventType):
+            sent.add_metric([event_type], self.events_sent[event_type])
+        yield sent
         yield CounterMetricFamily(
             "envagent_platform_event_streams_cut",
             "Live channel streams cut because their reader fell behind",

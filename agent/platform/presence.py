@@ -5,7 +5,8 @@ Only presence waits (`lastHeartbeat`, `lastSeenAt`): what changes a row's state 
 opening or closing, a new mode, a status report) is written at once by the relay. The interval
 is far inside the online window's slack (a row stays online 120 s after its last heartbeat,
 daemons ping every 30 s), so a row is never shown offline because its ping waits here; the
-listing's `lastHeartbeat` is at most one interval old.
+listing's `lastHeartbeat` is at most one interval old. What a flush wrote goes on the live
+channel as it is (`Store.on_heartbeats`): one publication per flush, never one per ping.
 """
 
 from __future__ import annotations

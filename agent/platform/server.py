@@ -129,7 +129,9 @@ class PlatformServer:
         self._presence = asyncio.create_task(app[RELAY_KEY].presence.run())
         if self._lock is None:  # pods sharing the database: a lease, and messages between them
             relay, events = app[RELAY_KEY], app[EVENTS_KEY]
-            self._listening = await store.listen(settings.pod_id, relay.wake, events.heard)
+            self._listening = await store.listen(
+                settings.pod_id, relay.wake, events.heard, events.heard_beats
+            )
             relay.wake()  # what was left while this pod was away
             self._pods = asyncio.create_task(self._keep_lease(relay, events))
         # A deep accept queue: after a restart the whole fleet reconnects within a second or so,
@@ -199,7 +201,9 @@ class PlatformServer:
             self._listening = None
         if self._listening is None:  # dropped, and maybe refused since: tried every round
             with contextlib.suppress(StoreUnavailable):  # logged by the store; the round goes on
-                self._listening = await store.listen(settings.pod_id, relay.wake, events.heard)
+                self._listening = await store.listen(
+                    settings.pod_id, relay.wake, events.heard, events.heard_beats
+                )
                 # Changes announced while no connection listened were not heard: the streams
                 # end, and their pages read the listing again.
                 await events.end_all()

@@ -3,8 +3,9 @@ changes as server-sent events, for the dashboard.
 
 Authorized as the listing is and scoped to the key's organization. The first event, `ready`,
 says the subscription is live; after it every change of a row that a person sees arrives as
-`environment`, the row exactly as the listing shows it; an idle stream carries a comment every
-`events_keepalive_s`, so that proxies keep it open. A reader that falls behind is cut
+`environment`, the row exactly as the listing shows it, and the heartbeats of each presence
+flush as one `heartbeats` event; an idle stream carries a comment every `events_keepalive_s`,
+so that proxies keep it open. A reader that falls behind is cut
 (`events.Stream`), and every stream ends cleanly when the platform stops.
 """
 
@@ -72,10 +73,11 @@ def event_stream(
         response = web.StreamResponse(headers=HEADERS)
         try:
             await response.prepare(request)
-            await response.write(ready)
+            await response.write(ready.body)
             while (waiting := await stream.next(settings.events_keepalive_s)) is not None:
-                await response.write(b"".join(waiting) or KEEPALIVE)
-                metrics.events_sent += len(waiting)
+                await response.write(b"".join(event.body for event in waiting) or KEEPALIVE)
+                for event in waiting:
+                    metrics.events_sent[event.name] += 1
             async with asyncio.timeout(END_S):
                 await response.write_eof()
         except ConnectionResetError:  # the reader went away, or was cut for falling behind

@@ -185,6 +185,14 @@ class EventsReady(CamelModel):
     heartbeat_interval_ms: int
 
 
+class EventsHeartbeats(CamelModel):
+    """ext: `heartbeats` on `GET /v1/environments/events`: the heartbeats one pod wrote in one
+    flush, of the stream's organization, so that a page keeps ages and online rows true without
+    reading the listing again. Each row's new `lastHeartbeat` (ms), by row id."""
+
+    last_heartbeat: dict[str, int]
+
+
 class RegisterReply(CamelModel):
     _omit_if_none = frozenset(
         {

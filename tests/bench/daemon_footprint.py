@@ -8,6 +8,11 @@ minimum of 100 ms (10,000 heartbeats would take 17 minutes), but it uses whateve
 `heartbeatIntervalMs` the platform assigns at registration (docs/protocol.md, "Reply", ext), so a
 platform started with `--heartbeat-ms 1` makes it heartbeat as fast as a ping, a pong and a re-read
 of the working directory allow. The code path is the one of every heartbeat at 30 s.
+
+The start-up is also measured against a platform serving TLS (`--tls-cert`, a CA made with
+trustme that the daemon trusts through SSL_CERT_FILE), the case the memory budget names, and
+the daemon's code path runs once under tracemalloc there (`daemon_tracemalloc.py`): its
+heaviest Python allocations go into the JSON details.
 """
 
 from __future__ import annotations
@@ -40,9 +45,15 @@ from tests.bench.procs import (
 )
 from tests.bench.report import Budget, Figure, Section
 from tests.bench.stats import slope
+from tests.tls_helpers import make_authority
 
 MIB = 1024.0
 STACK_FLOOR = Path(__file__).with_name("stack_floor.py")
+TRACEMALLOC_PROBE = Path(__file__).with_name("daemon_tracemalloc.py")
+TRACEMALLOC_WAIT_S = 180.0
+"""Start-up under tracemalloc is slower, and grouping its snapshot takes a while."""
+TLS_RSS_BUDGET = Budget(40, "budget: RSS <= 40 MiB after start against a TLS platform")
+TLS_PSS_BUDGET = Budget(30, "budget: PSS <= 30 MiB after start against a TLS platform")
 SETTLE_S = 2.0
 """After online, before measuring: the first status report and the start-up threads finish."""
 POLL_ONLINE_S = 0.01
@@ -54,6 +65,8 @@ async def run(workspace: Workspace, plan: Plan) -> Section:
     repo = make_repo(workspace.path("repo") / "work")
     async with aiohttp.ClientSession() as http:
         started_rss = await _startup_and_idle(workspace, plan, section, http, repo)
+    await _tls_startup(workspace, plan, section, repo, started_rss)
+    async with aiohttp.ClientSession() as http:
         await _heartbeats(workspace, plan, section, http, repo)
     await _stack_floor(workspace, plan, section, started_rss)
     return section
@@ -151,6 +164,127 @@ async def _startup_and_idle(
     )
     section.add(Figure("threads while idle", "threads", threads))
     return rss
+
+
+async def _tls_startup(
+    workspace: Workspace, plan: Plan, section: Section, repo: Path, plain_rss: list[float]
+) -> None:
+    """Exec -> online and memory after start-up against a platform serving TLS, as many starts
+    as against the plain one; then the tracemalloc view of the same start."""
+    authority = make_authority(workspace.path("tls-ca"))
+    platform = await start_platform(
+        workspace,
+        workspace.path("platform-tls") / "platform.db",
+        tls=(authority.cert_pem, authority.key_pem),
+    )
+    trust = {"SSL_CERT_FILE": str(authority.ca_pem)}
+    state_home = workspace.path("daemon-tls")
+    online_ms: list[float] = []
+    rss: list[float] = []
+    pss: list[float] = []
+    connector = aiohttp.TCPConnector(ssl=authority.client_context())
+    async with aiohttp.ClientSession(connector=connector) as https:
+        for _ in range(plan.startup_runs):
+            await _wait_offline(https, platform, "bench-tls")
+            started = time.perf_counter()
+            daemon = await start_daemon(
+                workspace,
+                platform,
+                name="bench-tls",
+                state_home=state_home,
+                workdir=repo,
+                extra_env=trust,
+            )
+            online_ms.append((await _listed_online(https, platform, daemon) - started) * 1000)
+            await asyncio.sleep(SETTLE_S)
+            used = memory(daemon.child.pid)
+            rss.append(used.rss_kib / MIB)
+            pss.append(used.pss_kib / MIB)
+            await daemon.child.stop()
+    section.add(
+        Figure(
+            "exec -> online, TLS platform",
+            "ms",
+            online_ms,
+            budget=Budget(800, "budget: start to online <= 0.8 s"),
+            note="as against the plain platform, to an https:// platform and a wss:// socket",
+        )
+    )
+    section.add(Figure("RSS after start-up, TLS platform", "MiB", rss, budget=TLS_RSS_BUDGET))
+    section.add(Figure("PSS after start-up, TLS platform", "MiB", pss, budget=TLS_PSS_BUDGET))
+    plain = median(plain_rss)
+    section.add(
+        Figure(
+            "RSS after start-up, TLS less plain",
+            "MiB",
+            [value - plain for value in rss],
+            note="each TLS start less the median of the plain ones",
+        )
+    )
+    section.notes.append(
+        "TLS: the platform serves a certificate of a CA made with trustme; the daemon trusts "
+        "that CA alone (SSL_CERT_FILE), where against a public platform it loads the system's"
+    )
+    section.details["trust"] = {
+        "tls_daemons": "SSL_CERT_FILE=<the test CA alone>",
+        "plain_daemons": "SSL_CERT_FILE="
+        + workspace.env().get("SSL_CERT_FILE", "(unset)")
+        + " (the environment's; unset: the system store through truststore)",
+    }
+    await _tracemalloc(workspace, section, platform, trust, repo)
+    await platform.child.stop()
+
+
+async def _tracemalloc(
+    workspace: Workspace,
+    section: Section,
+    platform: PlatformProcess,
+    trust: dict[str, str],
+    repo: Path,
+) -> None:
+    """The daemon's code path under tracemalloc against `platform`, once online: its heaviest
+    Python allocations into the details, and the traced total into the table."""
+    env = workspace.env(
+        workspace.path("daemon-tracemalloc"),
+        installed=True,
+        LETTA_BASE_URL=platform.url,
+        LETTA_API_KEY=platform.key,
+        **trust,
+    )
+    child = await workspace.run_to_end(
+        "tracemalloc",
+        [
+            workspace.runtime_program("python"),
+            "-P",
+            str(TRACEMALLOC_PROBE),
+            "bench-trace",
+            str(repo),
+        ],
+        env,
+        TRACEMALLOC_WAIT_S,
+    )
+    found = json.loads(child.stdout_path.read_text())
+    section.add(
+        Figure(
+            "Python allocations once online (tracemalloc, TLS)",
+            "MiB",
+            [found["traced_kib"] / MIB],
+            note="what Python's allocators hold: C libraries' own memory is in the RSS only",
+        )
+    )
+    section.details["tracemalloc"] = {
+        "how": "agent.daemon.core.Daemon started in a process under tracemalloc (8 frames) "
+        "before any import of it, against the TLS platform; snapshot once online and settled. "
+        "top_files: grouped by the file of the allocating frame, as tracemalloc does "
+        "(<frozen importlib._bootstrap_external> is modules' bytecode as they load); "
+        "top_packages: the same with <frozen ...> frames charged to the first real file "
+        "above them. rss_kib includes tracemalloc's own memory (tracemalloc_own_kib)",
+        **found,
+    }
+    heaviest = ", ".join(
+        f"{item['package']} {item['kib'] / MIB:.1f}" for item in found["top_packages"][:5]
+    )
+    section.notes.append(f"tracemalloc once online, by package (MiB): {heaviest}; more in JSON")
 
 
 async def _idle_window(daemon: DaemonProcess, window_s: float) -> tuple[float, float]:

@@ -98,6 +98,7 @@ async def start_platform(
     key: str | None = None,
     name: str = "platform",
     pod_args: Sequence[str] = (),
+    tls: tuple[Path, Path] | None = None,
 ) -> PlatformProcess:
     """Start the reference platform on 127.0.0.1 and return once it accepts connections;
     with `gc_log`, under `gc_probe`, which logs its garbage collector's pauses there.
@@ -105,7 +106,8 @@ async def start_platform(
     `database` is a SQLite file, whose development key the platform writes and this reads, or
     a PostgreSQL URL, for which `key` must be given (`create_key`); `pod_args` are the flags of
     a pod sharing it (`--pod-id`, `--reuse-port`...). `online_window_ms` replaces the
-    platform's default online window (`--online-window-ms`)."""
+    platform's default online window (`--online-window-ms`). `tls`: (certificate chain, key)
+    PEM files, to serve HTTPS and wss:// (`--tls-cert`, `--tls-key`)."""
     if key is None and not isinstance(database, Path):
         raise BenchError("a platform on PostgreSQL needs `key` (`create_key`)")
     command = envagent_command()
@@ -127,10 +129,12 @@ async def start_platform(
             str(heartbeat_ms),
             *(["--online-window-ms", str(online_window_ms)] if online_window_ms else []),
             *pod_args,
+            *(["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []),
         ],
         workspace.env(),
     )
-    found = await wait_for_output(child, r"listening on (http://127\.0\.0\.1:(\d+))", START_WAIT_S)
+    listening = r"listening on (https?://127\.0\.0\.1:(\d+))"
+    found = await wait_for_output(child, listening, START_WAIT_S)
     if key is None:
         assert isinstance(database, Path)
         key = PlatformSettings(db=database).dev_key_file.read_text().strip()
@@ -189,10 +193,11 @@ async def start_daemon(
     state_home: Path,
     workdir: Path,
     python_flags: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> DaemonProcess:
     """`envagent run` of the runtime-only install against `platform`, configured through the
     environment as a service would be; the heartbeat period is the platform's
-    (`heartbeatIntervalMs`)."""
+    (`heartbeatIntervalMs`). `extra_env`: more variables (SSL_CERT_FILE for a TLS platform)."""
     command = [workspace.runtime_program("envagent")]
     if python_flags:
         command = [workspace.runtime_program("python"), *python_flags, "-m", "agent"]
@@ -201,6 +206,7 @@ async def start_daemon(
         installed=True,
         LETTA_BASE_URL=platform.url,
         LETTA_API_KEY=platform.key,
+        **(extra_env or {}),
     )
     child = await workspace.spawn(
         name, [*command, "run", "--name", name, "--workdir", str(workdir)], env

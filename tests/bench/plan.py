@@ -52,6 +52,11 @@ class Plan:
     # the dashboard in headless Chromium
     dashboard_changes: int
     """Mode changes on a daemon's local API, each timed until the page shows it."""
+    # the command line, and Letta Code's listener beside the daemon
+    cli_runs: int
+    """Runs of each command (and of `python -c pass`), each timed from exec to exit."""
+    letta_code_runs: int
+    """Starts of Letta Code's listener and of `envagent run` each, alternating."""
 
 
 FULL = Plan(
@@ -82,6 +87,8 @@ FULL = Plan(
     big_listing_rows=1_000_000,
     big_listing_requests=1_000,
     dashboard_changes=50,
+    cli_runs=20,
+    letta_code_runs=5,
 )
 
 QUICK = Plan(
@@ -112,4 +119,6 @@ QUICK = Plan(
     big_listing_rows=20_000,
     big_listing_requests=200,
     dashboard_changes=10,
+    cli_runs=5,
+    letta_code_runs=2,
 )

@@ -33,9 +33,11 @@ if not __package__:  # run as a script: make `tests.bench` importable
 def _benchmarks() -> dict[str, Benchmark]:
     from tests.bench import (
         big_listing,
+        cli_speed,
         daemon_footprint,
         dashboard,
         imports,
+        letta_code,
         listing,
         metadata_refresh,
         platform_scale,
@@ -53,6 +55,8 @@ def _benchmarks() -> dict[str, Benchmark]:
         "storm": reconnect_storm.run,
         "pods": pods.run,
         "dashboard": dashboard.run,
+        "cli": cli_speed.run,
+        "letta_code": letta_code.run,
     }
 
 

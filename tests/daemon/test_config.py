@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +13,7 @@ from pydantic import SecretStr, ValidationError
 from agent.daemon.config import (
     ConfigError,
     LoadedSettings,
+    Platform,
     Settings,
     announce_implied_base_url,
     load_settings,
@@ -291,8 +293,34 @@ def test_a_bad_value_is_one_line_naming_setting_and_source(
 
 def test_several_bad_values_are_all_named_on_one_line() -> None:
     message = config_error({"mode": "auto"}, {"ENVAGENT_LOCAL_API_PORT": "-1"})
-    assert "mode from flag --mode" in message
-    assert "local_api_port from env ENVAGENT_LOCAL_API_PORT" in message
+    assert message == (
+        "mode from flag --mode: unknown mode 'auto': expected one of default, standard, "
+        "acceptEdits, bypassPermissions, unrestricted; "
+        "local_api_port from env ENVAGENT_LOCAL_API_PORT: "
+        "Input should be greater than or equal to 0"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "good", "bad"),
+    [
+        ("local_api_port", [0, 1, 65535], [-1, 65536]),
+        ("heartbeat_ms", [100, 101], [99, 0]),
+        ("name", ["n", "n" * 200], ["", "n" * 201]),
+        ("client_version", ["1", "1" * 200], ["1" * 201]),
+    ],
+)
+def test_bounds_hold_at_both_ends(name: str, good: list[object], bad: list[object]) -> None:
+    for value in good:
+        assert getattr(load({name: value}).settings, name) == value
+    for value in bad:
+        assert config_error({name: value}).startswith(f"{name} from flag --")
+
+
+@pytest.mark.parametrize("name", ["local_api_port", "heartbeat_ms"])
+def test_a_boolean_is_no_number(config_file: Path, name: str) -> None:
+    write_config(config_file, f"{name} = true\n")
+    assert config_error() == f"{name} from file {config_file}: expected a whole number, got true"
 
 
 def test_unknown_file_keys_warn_once_each_and_are_ignored(
@@ -326,7 +354,7 @@ def test_a_config_file_that_is_not_utf8_is_bad_toml(config_file: Path) -> None:
 
 def test_an_unreadable_config_file_is_one_line(config_file: Path) -> None:
     config_file.mkdir(parents=True)
-    assert config_error().startswith(f"config file {config_file}: cannot read it: ")
+    assert config_error() == f"config file {config_file}: cannot read it: Is a directory"
 
 
 def test_a_key_in_a_file_others_can_read_is_warned_about(
@@ -340,6 +368,19 @@ def test_a_key_in_a_file_others_can_read_is_warned_about(
     [warning] = config_warnings(caplog)
     assert "chmod 600" in warning
     assert KEY not in caplog.text
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o700, False), (0o601, True), (0o640, True)])
+def test_any_permission_for_others_than_the_owner_is_warned_about(
+    config_file: Path, caplog: pytest.LogCaptureFixture, mode: int, warned: bool
+) -> None:
+    write_config(config_file, f'api_key = "{KEY}"\n', mode=mode)
+    load()
+    assert len(config_warnings(caplog)) == warned
+    caplog.clear()
+    write_config(config_file, 'name = "no key here"\n', mode=mode)
+    load()
+    assert config_warnings(caplog) == []
 
 
 def test_render_shows_every_setting_with_its_source(tmp_path: Path) -> None:
@@ -361,6 +402,12 @@ def test_a_short_key_shows_none_of_its_characters() -> None:
     rendered = render_settings(load(env={"LETTA_API_KEY": "k-1234"}))
     assert "api_key = ****  (env LETTA_API_KEY)" in rendered.splitlines()
     assert "1234" not in rendered
+
+
+@pytest.mark.parametrize(("key", "shown"), [("0123456789ab", "****89ab"), ("0123456789a", "****")])
+def test_a_key_shows_its_last_four_characters_from_twelve_on(key: str, shown: str) -> None:
+    rendered = render_settings(load(env={"LETTA_API_KEY": key}))
+    assert f"api_key = {shown}  (env LETTA_API_KEY)" in rendered.splitlines()
 
 
 def test_the_key_never_appears_in_reprs_or_renders(config_file: Path) -> None:
@@ -390,7 +437,12 @@ def test_localhost_is_accepted_in_any_case() -> None:
 
 
 @pytest.mark.parametrize(
-    "host", ["0.0.0.0", "192.168.1.5", "::", "10.0.0.1", "example.com", "localhost.evil.test", ""]
+    "host",
+    [
+        *["0.0.0.0", "192.168.1.5", "::", "10.0.0.1", "example.com", "localhost.evil.test", ""],
+        # Loopback, but with a port or brackets: an address to bind is a bare host.
+        *["127.0.0.1:8080", "localhost:80", "[::1]", "[::1]:8080"],
+    ],
 )
 def test_other_hosts_are_refused(host: str) -> None:
     message = config_error({"local_api_host": host})
@@ -435,7 +487,13 @@ def test_base_url_loses_its_trailing_slash(given: str, kept: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["https://user:secret@example.test", "https://example.test/?x=1", "https:///path"]
+    "url",
+    [
+        "https://user:secret@example.test",
+        "https://example.test/?x=1",
+        "https:///path",
+        "http://[::1",  # urlsplit refuses it with ValueError
+    ],
 )
 def test_base_url_refuses_credentials_queries_and_missing_hosts(url: str) -> None:
     message = config_error({"base_url": url})
@@ -443,9 +501,17 @@ def test_base_url_refuses_credentials_queries_and_missing_hosts(url: str) -> Non
 
 
 def test_settings_are_frozen() -> None:
-    settings = load().settings
+    loaded = load()
     with pytest.raises(ValidationError):
-        settings.debug = True  # type: ignore[misc]
+        loaded.settings.debug = True  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.sources = {}  # type: ignore[misc]
+
+
+def test_a_platform_is_its_url_its_key_and_whether_it_is_the_embedded_one() -> None:
+    platform = Platform(url="http://127.0.0.1:8283", api_key="envk_dev", embedded=True)
+    assert platform == Platform("http://127.0.0.1:8283", "envk_dev", True)
+    assert platform != Platform("http://127.0.0.1:8283", "envk_dev", False)
 
 
 def test_a_flag_that_is_not_a_setting_is_a_programming_error() -> None:

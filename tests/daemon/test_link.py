@@ -85,7 +85,7 @@ async def make_link(tmp_path: Path) -> AsyncIterator[Callable[[str, str], Linked
         link = Link(
             settings=settings,
             platform=PlatformAddress(url, key, embedded=False),
-            route=Route(client_trust()),
+            route=Route(client_trust),
             environment=environment,
             commands=Commands(CommandsNotUnderTest()),
             progress=progress,

@@ -26,9 +26,12 @@ DEVICE_ID = "6f1c2a9e-3b4d-4e5f-8a7b-9c0d1e2f3a4b"
 
 
 @pytest.fixture(autouse=True)
-def _fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fixed `now`, so that timestamps and the moved-aside file names are known."""
-    monkeypatch.setattr(state_module, "now_ms", lambda: NOW)
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A fixed `now`, so that timestamps and the moved-aside file names are known; a test that
+    needs time to pass sets `clock[0]`."""
+    now = [NOW]
+    monkeypatch.setattr(state_module, "now_ms", lambda: now[0])
+    return now
 
 
 def mode_of(path: Path) -> int:
@@ -59,13 +62,51 @@ def test_first_load_creates_a_state_and_a_reload_keeps_it() -> None:
     assert StateStore(path).load() == created
 
 
-def test_the_file_is_private_and_is_made_private_again() -> None:
+def test_the_file_is_private_and_is_made_private_again(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="envagent.state")
     path = state_path(None)
     created = StateStore(path).load()
     assert mode_of(path) == 0o600
+    assert StateStore(path).load() == created
+    assert caplog.messages == []  # already private: nothing to say
     path.chmod(0o644)
     assert StateStore(path).load() == created
     assert mode_of(path) == 0o600
+    path.chmod(0o400)  # read-only is not 0600 either: the daemon writes it
+    assert StateStore(path).load() == created
+    assert caplog.messages == [
+        f"state file {path} was mode 644; made it 0600",
+        f"state file {path} was mode 400; made it 0600",
+    ]
+
+
+def test_the_file_is_indented_json_ending_with_a_newline() -> None:
+    """Written for a person to read, as `envagent status` tells them where it is."""
+    path = state_path(None)
+    state = StateStore(path).load()
+    document = {"version": 1, **state.model_dump(mode="json")}
+    assert path.read_bytes() == json.dumps(document, indent=2).encode() + b"\n"
+
+
+def test_the_state_s_bounds_at_both_ends() -> None:
+    for device_id in ("d", "d" * 200):
+        assert DaemonState(device_id=device_id, first_seen_at=0).device_id == device_id
+    for bad in ({"device_id": ""}, {"device_id": "d" * 201}, {"first_seen_at": -1}):
+        with pytest.raises(ValidationError):
+            DaemonState.model_validate({"device_id": "d", "first_seen_at": 0, **bad})
+    assert LastConnection.model_validate(connection_document(at=0)).at == 0
+    with pytest.raises(ValidationError):
+        LastConnection.model_validate(connection_document(at=-1))
+
+
+def test_a_state_is_frozen() -> None:
+    state = DaemonState(device_id=DEVICE_ID, first_seen_at=NOW)
+    connection = LastConnection.model_validate(connection_document())
+    with pytest.raises(ValidationError, match="frozen"):
+        state.mode = "unrestricted"  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        connection.at = 0  # type: ignore[misc]
+    assert (state.mode, connection.at) == ("default", NOW)
 
 
 def test_saves_leave_no_temporary_files() -> None:
@@ -126,6 +167,17 @@ def good_document(**changes: object) -> dict[str, object]:
     return {**document, **changes}
 
 
+def connection_document(**changes: object) -> dict[str, object]:
+    connection: dict[str, object] = {
+        "platform_url": "http://127.0.0.1:8283",
+        "connection_id": "conn-1",
+        "ws_url": "ws://127.0.0.1:8283/v1/listener/ws?connectionId=conn-1",
+        "environment_id": "env-1",
+        "at": NOW,
+    }
+    return {**connection, **changes}
+
+
 def dumped(document: dict[str, object]) -> bytes:
     return json.dumps(document, indent=2).encode()
 
@@ -171,7 +223,38 @@ KEEPS_NOTHING = (None, NOW)
             id="bad-time",
         ),
         pytest.param(dumped(good_document(device_id=42)), KEEPS_NOTHING, "device_id", id="bad-id"),
+        # Values that only strict validation refuses: "5" and 5.0 would pass as the number 5.
+        pytest.param(
+            dumped(good_document(first_seen_at="5")), KEEPS_ID, "first_seen_at", id="time-as-text"
+        ),
+        pytest.param(
+            dumped(good_document(first_seen_at=5.0)), KEEPS_ID, "first_seen_at", id="time-as-float"
+        ),
+        pytest.param(
+            dumped(good_document(first_seen_at=-1)), KEEPS_ID, "first_seen_at", id="negative-time"
+        ),
+        pytest.param(dumped(good_document(version=True)), KEEPS_BOTH, "version", id="version-true"),
+        pytest.param(dumped(good_document(version=0)), KEEPS_BOTH, "version 0", id="version-0"),
+        pytest.param(dumped(good_document(version=1.0)), KEEPS_BOTH, "version", id="version-float"),
+        pytest.param(
+            dumped(good_document(last_connection=connection_document(at="5"))),
+            KEEPS_BOTH,
+            "last_connection.at",
+            id="connection-time-as-text",
+        ),
+        pytest.param(
+            dumped({"version": 1, "first_seen_at": 1_600_000_000_000, "mode": "auto"}),
+            KEEPS_NOTHING,
+            "device_id",
+            id="time-but-no-id",
+        ),
         pytest.param(b"[" * 3000 + b"]" * 3000, KEEPS_NOTHING, "recursion", id="deep-nesting"),
+        pytest.param(
+            b'{"version": 1, "device_id": "6f1c\\q", "first_seen_at": 16',
+            KEEPS_NOTHING,
+            "not JSON",
+            id="cut-after-an-id-with-a-bad-escape",
+        ),
         pytest.param(
             b'{"device_id": "6f1c2a9e-3b4d-4e5f-8a7b-9c0d1e2f3a4b", "x": ' + b"[" * 3000,
             KEEPS_ID,
@@ -213,6 +296,11 @@ def test_a_damaged_file_is_moved_aside_logged_once_and_rebuilt(
     assert str(path) in warning
     assert problem in warning
     assert "\n" not in warning
+    assert warning.endswith(
+        f"device id {rebuilt.device_id} (recovered)"
+        if kept_id
+        else f"device id {rebuilt.device_id} (the old one was unreadable)"
+    )
     caplog.clear()
     assert StateStore(path).load() == rebuilt
     assert state_warnings(caplog) == []
@@ -229,12 +317,13 @@ def test_a_damaged_file_stays_put_until_its_replacement_is_written() -> None:
     assert StateStore(path).load().device_id == DEVICE_ID
 
 
-def test_instances_share_the_device_id_of_the_default_file() -> None:
+def test_instances_share_the_device_id_of_the_default_file(clock: list[int]) -> None:
     work = StateStore(state_path("work")).load()
     default = StateStore(state_path(None)).load()
+    clock[0] = NOW + 60_000  # a later instance: its first-seen time is still the default's
     other = StateStore(state_path("other/one")).load()
     assert work.device_id == default.device_id == other.device_id
-    assert work.first_seen_at == default.first_seen_at
+    assert work.first_seen_at == default.first_seen_at == other.first_seen_at == NOW
 
 
 def test_an_instance_keeps_its_own_mode() -> None:

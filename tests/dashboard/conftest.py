@@ -109,6 +109,10 @@ class Session:
     def requests(self) -> list[str]:
         return [url for _, url in self.calls]
 
+    def requests_to(self, path: str) -> int:
+        """How many requests the page made to `path` (`/v1/environments`: the listing)."""
+        return sum(1 for _, url in self.calls if urlsplit(url).path == path)
+
     def unexpected_requests(self) -> list[str]:
         """Requests to anything but the page's own files and the documented API."""
         strays = []

@@ -5,13 +5,15 @@ the schema migration, are tested in tests/platform/test_store.py.)"""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from agent.platform.access import ApiKey, may_steer
+from agent.platform.access import ApiKey, Forbidden, check_may_steer, may_steer
 from agent.platform.keys import create_key
 from tests.conftest import on_both_backends
 from tests.daemon_helpers import Spawn, online
@@ -169,10 +171,38 @@ async def test_only_the_owner_or_an_admin_steers_a_row(
         (ApiKey("o", "u2", None), "u1", False),
         (ApiKey("o", "u2", None, "admin"), "u1", True),
         (ApiKey("o", "u2", None, "member"), "", False),
+        # Other users, whichever way their ids sort: only equality makes a key the owner's.
+        (ApiKey("o", "u1", None), "u2", False),
+        (ApiKey("o", "u3", None), "u2", False),
     ],
 )
 def test_the_rule_alone(key: ApiKey, owner: str, allowed: bool) -> None:
     assert may_steer(key, owner) is allowed
+
+
+def test_a_refusal_names_the_rule_and_is_logged_with_both_users(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="envagent.platform")
+    check_may_steer(ApiKey("org-x", "u1", "Ann"), "u1", "env-1")
+    check_may_steer(ApiKey("org-x", "u3", "Ops", "admin"), "u1", "env-1")
+    assert caplog.records == []
+    with pytest.raises(Forbidden) as refused:
+        check_may_steer(ApiKey("org-x", "u2", "Bob"), "u1", "env-1")
+    assert str(refused.value) == (
+        "only user u1, who registered this environment, or an admin key of org-x may steer it"
+    )
+    assert caplog.messages == [
+        "refused user u2 (key 'Bob') of org-x steering row env-1, which user u1 registered"
+    ]
+
+
+def test_a_key_is_frozen() -> None:
+    """Who a key speaks for is decided once, when it is looked up: never promoted after."""
+    key = ApiKey("org-x", "u2", "Bob")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        key.role = "admin"  # type: ignore[misc]
+    assert key.role == "member"
 
 
 @on_both_backends

@@ -1,9 +1,9 @@
 """The live channel (`GET /v1/environments/events`), read as the dashboard reads it: `ready`
 first, then one `environment` event, the row exactly as the listing shows it, for each change
-a person sees and none for a heartbeat; one organization's stream never shows another's rows;
-the key is checked as the listing checks it; streams are capped, kept alive, cut when their
-reader falls behind, ended when the platform stops; a changed row is read once however many
-streams show it."""
+a person sees and none for a heartbeat (which comes as `heartbeats`: test_events_daemon); one
+organization's stream never shows another's rows; the key is checked as the listing checks it;
+streams are capped, kept alive, cut when their reader falls behind, ended when the platform
+stops; a changed row is read once however many streams show it."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from agent.platform.keys import create_key
 from agent.protocol.constants import ONLINE_WINDOW_MS
 from agent.protocol.models import EventsReady
 from tests.conftest import StartPlatform, on_both_backends
-from tests.events_helpers import EVENTS_PATH, nothing_before, settle, subscribed
+from tests.events_helpers import EVENTS_PATH, nothing_before, settle, store_calls, subscribed
 from tests.helpers import WAIT_S, Platform, wait_for
 from tests.metrics_helpers import scrape
 
@@ -44,7 +44,7 @@ async def test_ready_then_every_change_a_person_sees_and_no_heartbeat(platform: 
         assert _without_presence(opened) == _without_presence(await platform.row("dev-1"))
         await settle(events, platform, "marker-1")
 
-        for _ in range(3):  # heartbeats alone: nothing to show
+        for _ in range(3):  # heartbeats alone: no row to show
             assert await daemon.ping() == {"type": "pong"}
         await nothing_before(events, platform, "marker-2")
         assert await daemon.ping(mode="acceptEdits") == {"type": "pong"}
@@ -151,13 +151,7 @@ async def test_a_changed_row_is_read_once_for_every_stream_and_counted(
 ) -> None:
     async def reads() -> float:
         """The store's reads of changed rows (`Store.rows`) so far."""
-        found = await scrape(platform.http, platform.url)
-        return sum(
-            sample.value
-            for sample in found.samples
-            if sample.name == "envagent_platform_store_seconds_count"
-            and sample.labels["operation"] == "rows"
-        )
+        return store_calls(await scrape(platform.http, platform.url), "rows")
 
     async with (
         subscribed(platform) as (first, _),
@@ -173,7 +167,7 @@ async def test_a_changed_row_is_read_once_for_every_stream_and_counted(
         assert await reads() == read_before + 1
         after = await scrape(platform.http, platform.url)
         sent = "envagent_platform_events_sent_total"
-        assert after.value(sent) == before.value(sent) + 3
+        assert after.value(sent, type="environment") == before.value(sent, type="environment") + 3
 
 
 @on_both_backends

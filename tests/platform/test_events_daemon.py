@@ -1,6 +1,7 @@
 """The live channel with real daemons (`python -m agent run`): a daemon going online, its mode
 set through its local API and through the platform, its working directory moved by the
-platform, and its stop, each reach a stream within 2 s; its heartbeats (every 200 ms) do not."""
+platform, and its stop, each reach a stream within 2 s; its heartbeats (every 200 ms) send no
+row, but one `heartbeats` event a presence flush, to its organization's streams only."""
 
 from __future__ import annotations
 
@@ -10,10 +11,20 @@ from typing import Any
 
 import httpx
 
+from agent.platform.access import ApiKey
+from agent.platform.keys import create_key
 from tests.conftest import on_both_backends
 from tests.daemon_helpers import Spawn, online
-from tests.events_helpers import EventReader, nothing_before, settle, subscribed
+from tests.events_helpers import (
+    EventReader,
+    events_before,
+    flushes,
+    nothing_before,
+    settle,
+    subscribed,
+)
 from tests.helpers import Platform
+from tests.metrics_helpers import scrape
 
 WITHIN_S = 2.0
 """The live channel's promise: a change reaches a stream within 2 s."""
@@ -74,3 +85,31 @@ async def test_a_daemon_s_life_reaches_a_stream_and_its_heartbeats_do_not(
         assert await daemon.stop() == 0
         left = await _shown(events, lambda r: r["connectionId"] is None, asked)
         assert left["deviceId"] == status["deviceId"]
+
+
+@on_both_backends
+async def test_a_daemon_s_heartbeats_reach_its_organization_s_streams_once_a_flush(
+    platform: Platform, spawn: Spawn, tmp_path: Path
+) -> None:
+    other = await create_key(platform.server.store, ApiKey("org-other", "user-eve", None))
+    async with subscribed(platform) as (events, _), subscribed(platform, other) as (stranger, _):
+        daemon = await spawn(platform.url, platform.key, cwd=tmp_path)
+        status = await daemon.wait_status(online)
+        row_id = (await platform.row(status["deviceId"]))["id"]
+        flushed, answered = await flushes(platform), status["heartbeats"]["answered"]
+        seen = [await events.heartbeats(within=WITHIN_S) for _ in range(4)]
+        flushed = await flushes(platform) - flushed
+        answered = (await daemon.status())["heartbeats"]["answered"] - answered
+
+        assert [set(beats) for beats in seen] == [{row_id}] * 4  # the one row of org-dev
+        values = [beats[row_id] for beats in seen]
+        assert values == sorted(set(values)), values  # each newer than the last
+        # At most one a flush (the first may come from a flush before the count), however
+        # many pings each flush holds: never one a heartbeat.
+        assert len(seen) <= flushed + 1, (len(seen), flushed)
+        assert answered >= 2 * len(seen), (answered, len(seen))
+        assert (await platform.row(status["deviceId"]))["lastHeartbeat"] >= values[-1]
+        # Another organization's stream had none of it, nor anything else.
+        assert await events_before(stranger, platform, "marker", other) == []
+        sent = await scrape(platform.http, platform.url)
+        assert sent.value("envagent_platform_events_sent_total", type="heartbeats") >= 4

@@ -1,5 +1,6 @@
 """The live channel across pods sharing PostgreSQL: a stream on one pod shows, within 2 s, what
-a daemon does on another; a fenced pod's rows show as left; a pod whose listening connection
+a daemon does on another, and gets its heartbeats, one event a flush of that pod; a fenced
+pod's rows show as left; a pod whose listening connection
 was dropped (so it may have missed changes) ends its streams cleanly, and the next ones work."""
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import httpx
 
 from tests.conftest import StartPlatform, StartPod
 from tests.daemon_helpers import Spawn, online
-from tests.events_helpers import EventReader, subscribed
+from tests.events_helpers import EventReader, store_calls, subscribed
 from tests.helpers import wait_for
+from tests.metrics_helpers import scrape
 from tests.pod_helpers import FENCE_AFTER_S, HEARTBEAT_S, pod_client
 
 WITHIN_S = 2.0
@@ -70,6 +72,28 @@ async def test_a_daemon_on_one_pod_shows_on_a_stream_of_another_within_two_secon
         asked = time.monotonic()
         assert await daemon.stop() == 0
         await _shown(events, lambda r: r["connectionId"] is None, asked)
+    assert pod_a.errors() == [] and pod_b.errors() == []
+
+
+async def test_a_stream_on_one_pod_gets_the_heartbeats_of_a_daemon_on_another(
+    start_platform: StartPlatform, start_pod: StartPod, postgres_url: str, spawn: Spawn
+) -> None:
+    client = await pod_client(start_platform, postgres_url)
+    pod_a, pod_b = await start_pod(postgres_url, "pod-a"), await start_pod(postgres_url, "pod-b")
+    async with subscribed(client.at(pod_a.url)) as (events, _):  # the stream on pod-a
+        daemon = await spawn(pod_b.url, client.key)  # the daemon on pod-b, pinging every 200 ms
+        status = await daemon.wait_status(online)
+        row = await client.at(pod_a.url).row(status["deviceId"])
+        assert row["podId"] == "pod-b"
+        before = await scrape(client.http, pod_b.url)
+        seen = [await events.heartbeats(within=WITHIN_S) for _ in range(4)]
+        after = await scrape(client.http, pod_b.url)
+        values = [beats[row["id"]] for beats in seen]
+        assert values == sorted(set(values)), values
+        flushed = store_calls(after, "record_heartbeats") - store_calls(before, "record_heartbeats")
+        assert len(seen) <= flushed + 1, (len(seen), flushed)
+        # One announcement a flush at most (a slow one merges the next), none a heartbeat.
+        assert store_calls(after, "announce") - store_calls(before, "announce") <= flushed + 1
     assert pod_a.errors() == [] and pod_b.errors() == []
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agent.protocol.models import (
     MAX_NAME_CHARS,
@@ -33,6 +35,8 @@ from agent.protocol.models import (
     SyncFrame,
     SyncResponseFrame,
     UpdateDeviceStatusFrame,
+    WireModel,
+    describe_validation_error,
     parse_daemon_frame,
     parse_mode,
     parse_platform_frame,
@@ -136,6 +140,7 @@ def test_online_rule_needs_a_connection_and_a_fresh_heartbeat() -> None:
     assert not fresh.is_online(now_ms=1_000 + 120_000, window_ms=120_000)
     assert not fresh.model_copy(update={"connection_id": None}).is_online(1_000, 120_000)
     assert not fresh.model_copy(update={"last_heartbeat": None}).is_online(1_000, 120_000)
+    assert not fresh.is_online(now_ms=1_000 + 500_000, window_ms=120_000)  # long gone
 
 
 def test_metadata_keeps_unknown_keys_and_only_the_keys_it_was_given() -> None:
@@ -172,6 +177,26 @@ def test_register_request_round_trip_and_omitted_instance_id() -> None:
     assert RegisterRequest.model_validate(wire | {"unknownKey": 1}) == request
     with_instance = request.model_copy(update={"listener_instance_id": "b"})
     assert with_instance.to_wire()["listenerInstanceId"] == "b"
+
+
+@pytest.mark.parametrize("field", ["deviceId", "connectionName", "listenerInstanceId"])
+def test_register_request_ids_take_one_to_200_characters(field: str) -> None:
+    base = {"deviceId": "d", "connectionName": "n"}
+    for good in ("x", "x" * MAX_NAME_CHARS):
+        assert RegisterRequest.model_validate(base | {field: good}).to_wire()[field] == good
+    for bad in ("", "x" * (MAX_NAME_CHARS + 1)):
+        with pytest.raises(ValidationError, match=field):
+            RegisterRequest.model_validate(base | {field: bad})
+    assert MAX_NAME_CHARS == 200
+
+
+def test_register_reply_needs_ids_and_a_positive_period() -> None:
+    base = {"connectionId": "c", "wsUrl": "w"}
+    assert RegisterReply.model_validate(base).to_wire() == base  # one character will do
+    assert RegisterReply.model_validate(base | {"heartbeatIntervalMs": 1}).heartbeat_interval_ms
+    for bad in ({"connectionId": ""}, {"wsUrl": ""}, {"heartbeatIntervalMs": 0}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            RegisterReply.model_validate(base | bad)
 
 
 def test_register_reply_parses_letta_and_ext_keys() -> None:
@@ -264,6 +289,146 @@ def test_frame_round_trip(frame: PingFrame, wire: dict[str, Any]) -> None:
     assert parse(json.dumps(wire | {"unknown": True})) == frame
 
 
+# Every key a model leaves off the wire when it is None, rather than sending null: each model,
+# built with those keys None, and with each of them set.
+OMITTED_WHEN_NONE: list[tuple[type[WireModel], dict[str, Any], dict[str, Any]]] = [
+    (
+        SelfUpdate,
+        {"supported": True, "writable": False},
+        {"install_path": "/p", "manual_command": "pipx upgrade envagent", "reason": "r"},
+    ),
+    (
+        RegisterRequest,
+        {"device_id": "d", "connection_name": "n"},
+        {"listener_instance_id": "i", "current_mode": "standard", "source": "remote"},
+    ),
+    (
+        EnvironmentRow,
+        {
+            "id": "e",
+            "connected_at": None,
+            "connection_id": None,
+            "connection_name": "n",
+            "device_id": "d",
+            "first_seen_at": 1,
+            "last_heartbeat": None,
+            "last_seen_at": 2,
+            "organization_id": "o",
+            "pod_id": None,
+        },
+        {"api_key_owner": "Ann", "current_mode": "default", "metadata": {}, "user_id": "u"},
+    ),
+    (
+        RegisterReply,
+        {"connection_id": "c", "ws_url": "w"},
+        {
+            "supports_split_status_channels": False,
+            "supports_paired_listener_generations": False,
+            "heartbeat_interval_ms": 5_000,
+            "environment": LETTA_DOCS_EXAMPLE["connections"][0],
+        },
+    ),
+    (PingFrame, {}, {"current_mode": "default", "sent_at": 7}),
+    (SyncResponseFrame, {}, {"request_id": "r"}),
+    (DeviceStatePayload, {}, {"mode": "default", "cwd": "/srv"}),
+    (ChangeDeviceStateFrame, {}, {"runtime": {"agent_id": "a"}}),
+    (ExecuteCommandFrame, {"command_id": "c", "request_id": "r"}, {"args": []}),
+    (SyncFrame, {}, {"request_id": "r"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "required", "optional"), OMITTED_WHEN_NONE, ids=lambda v: getattr(v, "__name__", "")
+)
+def test_optional_keys_are_left_off_the_wire_when_none(
+    model: type[WireModel], required: dict[str, Any], optional: dict[str, Any]
+) -> None:
+    bare = model.model_validate(required).to_wire()
+    nulls = model.model_validate(required | dict.fromkeys(optional)).to_wire()
+    assert nulls == bare
+    assert None not in [bare.get(key) for key in bare if key not in ALWAYS_PRESENT]
+    for name, value in optional.items():
+        wire = model.model_validate(required | {name: value}).to_wire()
+        assert set(wire) - set(bare) == {model.model_fields[name].alias or name}
+
+
+def test_a_device_status_carries_only_the_keys_it_was_given() -> None:
+    assert DeviceStatus(connection_name="laptop").to_wire() == {"connection_name": "laptop"}
+    assert DeviceStatus(git_context=None).to_wire() == {"git_context": None}
+    assert DeviceStatus().to_wire() == {}
+
+
+def test_a_daemon_reports_its_metadata_under_the_frame_s_names() -> None:
+    metadata = Metadata(
+        git_branch="main",
+        working_directory="/srv",
+        letta_code_version="0.1.0",
+        supported_commands=["sync"],
+        os="linux",
+    )
+    status = DeviceStatus.report(
+        metadata, connection_id="c-1", connection_name="laptop", mode="acceptEdits"
+    )
+    assert status.to_wire() == {
+        "current_connection_id": "c-1",
+        "connection_name": "laptop",
+        "is_online": True,
+        "current_permission_mode": "acceptEdits",
+        "git_context": {"branch": "main"},
+        "current_working_directory": "/srv",
+        "letta_code_version": "0.1.0",
+        "supported_commands": ["sync"],
+    }
+    with pytest.raises(TypeError):  # keyword-only: two strings are not to be swapped
+        DeviceStatus.report(metadata, "c-1", "laptop", "acceptEdits")  # type: ignore[misc]
+
+
+def test_metadata_changes_are_only_the_keys_a_report_carried() -> None:
+    assert DeviceStatus(connection_name="laptop").metadata_changes() == {}
+    assert DeviceStatus(
+        current_working_directory="/srv", git_context=GitContext(branch="dev")
+    ).metadata_changes() == {"workingDirectory": "/srv", "gitBranch": "dev"}
+    assert DeviceStatus(git_context=None).metadata_changes() == {"gitBranch": None}
+    versions = DeviceStatus(letta_code_version="0.2.0", supported_commands=[])
+    assert versions.metadata_changes() == {"lettaCodeVersion": "0.2.0", "supported_commands": []}
+
+
+def test_importing_the_models_builds_no_validator() -> None:
+    """`defer_build`: a command that only reads a status pays for no frame and no listing."""
+    probe = (
+        "import agent.protocol.models as m\n"
+        "print(m.RegisterRequest.__pydantic_complete__, m.EnvironmentList.__pydantic_complete__,"
+        " m._DAEMON_FRAMES.pydantic_complete, m._PLATFORM_FRAMES.pydantic_complete)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.split() == ["False"] * 4, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("count", "suffix"),
+    [(1, ""), (2, ""), (3, ""), (4, " (and 1 more)"), (6, " (and 3 more)")],
+)
+def test_a_validation_error_names_three_problems_and_counts_the_rest(
+    count: int, suffix: str
+) -> None:
+    with pytest.raises(ValidationError) as raised:
+        TypeAdapter(list[int]).validate_python(["x"] * count)
+    shown = "; ".join(
+        f"{n}: Input should be a valid integer, unable to parse string as an integer"
+        for n in range(min(count, 3))
+    )
+    assert describe_validation_error(raised.value) == shown + suffix
+
+
+@pytest.mark.parametrize(("length", "cut"), [(38, False), (39, True)])
+def test_a_long_value_is_cut_to_40_characters_in_a_message(length: int, cut: bool) -> None:
+    value = "x" * length  # its repr has two quotes more
+    with pytest.raises(FrameError) as raised:
+        parse_daemon_frame(json.dumps({"type": value}))
+    shown = repr(value)[:40] + f"... ({length + 2} characters)" if cut else repr(value)
+    assert str(raised.value) == f"unknown frame type {shown}"
+
+
 def test_change_device_state_without_runtime_is_accepted() -> None:
     frame = parse_platform_frame('{"type": "change_device_state", "payload": {"mode": "default"}}')
     assert isinstance(frame, ChangeDeviceStateFrame)
@@ -347,7 +512,7 @@ def test_list_query_parses_strings() -> None:
     assert query == ListQuery(
         after="env-1", limit=2, online_only=True, source="remote", user_id="u"
     )
-    assert ListQuery.from_query({}) == ListQuery(limit=50, online_only=False)
+    assert ListQuery.from_query({}) == ListQuery(limit=50, online_only=False) == ListQuery()
     assert ListQuery.from_query({"onlineOnly": "False"}).online_only is False
 
 

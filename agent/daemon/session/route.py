@@ -5,7 +5,9 @@ naming the cause when the proxy or TLS is what failed, so that a person knows wh
 
 from __future__ import annotations
 
+import functools
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -25,9 +27,16 @@ class UnusableProxy(Exception):
 
 @dataclass(frozen=True)
 class Route:
-    trust: Trust
+    trust_for: Callable[[], Trust]
+    """Builds the trust (`client_trust` with the settings' CA file), called once when a TLS
+    connection first needs it: a daemon whose platform is http:// (the embedded one) never
+    loads a CA store, about 2 MiB."""
     proxied: bool = True
     """False for the embedded platform: the daemon's own loopback, which no proxy can reach."""
+
+    @functools.cached_property
+    def trust(self) -> Trust:
+        return self.trust_for()
 
     def proxy(self, url: str) -> str | None:
         """The proxy for `url`, or None to connect directly. Raises UnusableProxy."""
@@ -47,8 +56,12 @@ class Route:
         return way + (f", TLS trusting {self.trust.source}" if secure else "")
 
     def http_client(self, url: str) -> httpx.AsyncClient:
-        """A client for `url` that reads nothing from the environment itself."""
-        return httpx.AsyncClient(verify=self.trust.context, proxy=self.proxy(url), trust_env=False)
+        """A client for `url` that reads nothing from the environment itself. For an http://
+        URL it is given a context that trusts nothing, rather than the trust (or, by default,
+        a CA store of httpx's own): nothing it reaches speaks TLS, and any that did would fail."""
+        secure = urlsplit(url).scheme.lower() == "https"
+        verify = self.trust.context if secure else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        return httpx.AsyncClient(verify=verify, proxy=self.proxy(url), trust_env=False)
 
     def socket_ssl(self, url: str) -> ssl.SSLContext | None:
         """websockets' `ssl=`: the trust for wss://, None for ws:// (which refuses one)."""

@@ -13,13 +13,10 @@
   const MAX_PAGE = 100; // the listing's own limit
   const MODES = ["default", "standard", "acceptEdits", "bypassPermissions", "unrestricted"];
   const EVENTS_PATH = "/v1/environments/events";
-  // Until the live channel says otherwise: the platform's defaults (docs/protocol.md).
+  // Until the live channel says otherwise: the platform's default (docs/protocol.md).
   const DEFAULT_ONLINE_WINDOW_MS = 120000;
-  const DEFAULT_HEARTBEAT_MS = 30000;
   // A stream that stays silent this long (no event, no keep-alive) is taken as dead.
   const STREAM_SILENCE_MS = 60000;
-  // Without a live channel (a platform that does not serve it yet): how often to re-read.
-  const POLL_MS = 1000;
   // The Date header has a 1 s resolution: only a larger gap is taken as a skewed clock.
   const SKEW_THRESHOLD_MS = 2000;
 
@@ -40,14 +37,12 @@
     loaded: false, // a first page has arrived: until then, no empty state
     listGen: 0, // raised by each listing reset: older answers are dropped
     windowMs: DEFAULT_ONLINE_WINDOW_MS,
-    heartbeatMs: DEFAULT_HEARTBEAT_MS,
     clockOffset: 0, // the platform's clock minus ours, when they differ by more than 2 s
     liveAbort: null,
     timers: new Set(), // pending sleeps, cleared on sign-out
     refreshing: null,
     refreshAgain: false,
     refreshScheduled: false,
-    polling: false,
     detail: null, // { id, deviceId, row, requestedMode, modeDirty }
     opener: null,
   };
@@ -187,6 +182,16 @@
     return !held || !(held.lastSeenAt > incoming.lastSeenAt);
   }
 
+  // `incoming`, keeping the held copy's lastHeartbeat when newer on the same socket: a
+  // `heartbeats` event may have moved it past what a read of the row saw.
+  function keepingHeartbeat(incoming, held) {
+    const newer =
+      held &&
+      held.connectionId === incoming.connectionId &&
+      held.lastHeartbeat > incoming.lastHeartbeat;
+    return newer ? { ...incoming, lastHeartbeat: held.lastHeartbeat } : incoming;
+  }
+
   function forget(id) {
     state.rows.delete(id);
     state.order = state.order.filter((other) => other !== id);
@@ -199,11 +204,12 @@
     return ra.firstSeenAt - rb.firstSeenAt || (a < b ? -1 : a > b ? 1 : 0);
   }
 
-  function applyEvent(row) {
-    if (!row || typeof row.id !== "string") return;
+  function applyEvent(event) {
+    if (!event || typeof event.id !== "string") return;
     state.eventSeq += 1;
-    const held = state.rows.get(row.id);
-    if (!isFresher(row, held)) return;
+    const held = state.rows.get(event.id);
+    if (!isFresher(event, held)) return;
+    const row = keepingHeartbeat(event, held);
     state.touched.set(row.id, state.eventSeq);
     updateDetail(row);
     const verdict = matches(row, now());
@@ -220,6 +226,25 @@
       state.extras.sort(byFirstSeen);
     }
     renderAll();
+  }
+
+  // One presence flush's heartbeats: each held row's lastHeartbeat, when newer. Only the
+  // presence cells change; rows beyond the loaded pages are not held, and stay out.
+  function applyHeartbeats(values) {
+    if (!values || typeof values !== "object") return;
+    const at = now();
+    for (const [id, ms] of Object.entries(values)) {
+      if (!Number.isFinite(ms)) continue;
+      const row = state.rows.get(id);
+      if (row && !(row.lastHeartbeat >= ms)) {
+        row.lastHeartbeat = ms;
+        const tr = rowElements.get(id);
+        if (tr) fillPresence(tr, row, at);
+      }
+      const detail = state.detail && state.detail.id === id ? state.detail : null;
+      if (detail && !(detail.row.lastHeartbeat >= ms)) detail.row.lastHeartbeat = ms;
+      if (detail) fillDetailPresence(detail.row, at);
+    }
   }
 
   // Read the pages of the listing from the start again, as many rows as are shown now.
@@ -280,7 +305,7 @@
       seen.add(row.id);
       if (state.filters.source) state.knownSource.set(row.id, state.filters.source);
       const held = state.rows.get(row.id);
-      if (isFresher(row, held)) state.rows.set(row.id, row);
+      if (isFresher(row, held)) state.rows.set(row.id, keepingHeartbeat(row, held));
     }
     const ids = fetched.map((row) => row.id);
     const liveSince = (id) => (state.touched.get(id) || 0) > seqAtStart;
@@ -395,19 +420,35 @@
     return Math.min(1000 * 2 ** attempt, 30000) * (1 + 0.5 * Math.random());
   }
 
-  async function runLive(gen) {
+  // Follow the live channel until sign-out, reconnecting after a backoff. `started` is called
+  // at the first `ready` or the first failure: the caller then reads the listing, which misses
+  // nothing from there on. A later `ready` (a reconnect) reads the loaded pages again, once,
+  // for what changed while no stream was open.
+  async function runLive(gen, started) {
     let attempt = 0;
+    let first = true;
+    const begin = () => {
+      if (!first) return false;
+      first = false;
+      started();
+      return true;
+    };
+    const onReady = () => {
+      attempt = 0;
+      if (!begin()) refresh();
+    };
     while (gen === state.generation) {
       const controller = new AbortController();
       state.liveAbort = controller;
-      let unavailable = false;
       try {
+        const sentAt = Date.now();
         const response = await fetch(EVENTS_PATH, {
           headers: { ...authHeaders(), Accept: "text/event-stream" },
           cache: "no-store",
           credentials: "omit",
           signal: controller.signal,
         });
+        noteClock(response, sentAt);
         if (response.status === 401) {
           let message = "The platform refused the API key.";
           try {
@@ -418,16 +459,18 @@
           signOut(message);
           return;
         }
-        // A platform (or a pod of one) without the live channel: re-read the listing instead.
+        // The platform always serves the channel: this is not a platform's URL.
         if (response.status === 404 || response.status === 405) {
-          unavailable = true;
-        } else if (!response.ok || !response.body) {
-          throw new Error("HTTP " + response.status);
-        } else {
-          await readStream(response.body, controller, () => {
-            attempt = 0;
-          });
+          setLive("unavailable", "no live channel");
+          showError(
+            "live",
+            "No live channel at " + location.origin + EVENTS_PATH + " (HTTP " +
+              response.status + "): is this the platform's address? Changes will not show."
+          );
+          return;
         }
+        if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
+        await readStream(response.body, controller, onReady);
       } catch (error) {
         if (gen !== state.generation) return;
         if (!(error && error.name === "AbortError")) setLive("reconnecting", "reconnecting…");
@@ -435,12 +478,7 @@
         if (state.liveAbort === controller) state.liveAbort = null;
       }
       if (gen !== state.generation) return;
-      if (unavailable) {
-        startPolling(gen);
-        setLive("polling", "no live channel: re-reading every second");
-        if (!(await sleep(30000, gen))) return;
-        continue;
-      }
+      begin(); // no `ready` yet: the listing is read meanwhile, and again at the `ready`
       setLive("reconnecting", "reconnecting…");
       const wait = backoffMs(attempt);
       attempt += 1;
@@ -509,45 +547,13 @@
       if (Number.isFinite(data.onlineWindowMs) && data.onlineWindowMs > 0) {
         state.windowMs = data.onlineWindowMs;
       }
-      if (Number.isFinite(data.heartbeatIntervalMs) && data.heartbeatIntervalMs > 0) {
-        state.heartbeatMs = data.heartbeatIntervalMs;
-      }
-      onReady();
-      stopPolling();
       setLive("live", "live");
-      // Whatever changed while no stream was open: read it once now.
-      refresh();
+      onReady();
     } else if (name === "environment") {
       applyEvent(data);
+    } else if (name === "heartbeats") {
+      applyHeartbeats(data.lastHeartbeat);
     }
-  }
-
-  function startPolling(gen) {
-    if (state.polling) return;
-    state.polling = true;
-    (async () => {
-      while (state.polling && gen === state.generation) {
-        await refresh();
-        if (!(await sleep(POLL_MS, gen))) return;
-      }
-    })();
-  }
-
-  function stopPolling() {
-    state.polling = false;
-  }
-
-  // Heartbeats are not pushed: the listing is read again once a heartbeat period (and often
-  // enough within the online window that a live daemon never looks lost between two reads).
-  function scheduleHeartbeatRefresh(gen) {
-    (async () => {
-      while (gen === state.generation) {
-        const wanted = Math.min(state.heartbeatMs, state.windowMs / 4);
-        const period = Math.min(Math.max(wanted, 1000), 60000);
-        if (!(await sleep(period, gen))) return;
-        if (!state.polling) await refresh();
-      }
-    })();
   }
 
   // --- session ------------------------------------------------------------------------------
@@ -558,15 +564,14 @@
     clearError("sign-in");
     state.key = key;
     state.generation += 1;
+    const gen = state.generation;
     try {
+      await startSession();
+      if (gen !== state.generation) return; // the channel refused the key: signed out
       await resetListing();
     } catch (error) {
-      state.key = null;
-      state.generation += 1;
-      const message =
-        error instanceof ApiError ? error.message : "Cannot reach the platform.";
-      showError("sign-in", message);
-      $("api-key").focus();
+      if (gen !== state.generation) return;
+      signOut(error instanceof ApiError ? error.message : "Cannot reach the platform.");
       return;
     } finally {
       button.disabled = false;
@@ -574,22 +579,26 @@
     sessionStorage.setItem(KEY_STORAGE, key);
     $("api-key").value = "";
     showSignedIn();
-    startSession();
     const focusTarget = $("filter-online");
     if (focusTarget) focusTarget.focus();
   }
 
+  // The live channel first: settled at its first `ready` (or failure), after which a read of
+  // the listing misses nothing.
   function startSession() {
     const gen = state.generation;
-    runLive(gen);
-    scheduleHeartbeatRefresh(gen);
+    setLive("connecting", "connecting…");
+    // Settled however the channel ends too (refused, not served, signed out).
+    return new Promise((started) => runLive(gen, started).finally(started));
   }
 
   async function resume(key) {
     state.key = key;
     state.generation += 1;
+    const gen = state.generation;
     showSignedIn();
-    startSession();
+    await startSession();
+    if (gen !== state.generation) return;
     try {
       await resetListing();
     } catch (error) {
@@ -606,7 +615,6 @@
     for (const timer of state.timers) clearTimeout(timer);
     state.timers.clear();
     state.refreshScheduled = false;
-    stopPolling();
     state.rows.clear();
     state.order = [];
     state.extras = [];
@@ -616,7 +624,6 @@
     state.hasNext = false;
     state.loaded = false;
     state.windowMs = DEFAULT_ONLINE_WINDOW_MS;
-    state.heartbeatMs = DEFAULT_HEARTBEAT_MS;
     closeDetail();
     rowElements.clear();
     $("rows").replaceChildren();
@@ -625,6 +632,7 @@
     $("environments").hidden = true;
     $("sign-in").hidden = false;
     clearError("list");
+    clearError("live");
     if (message) showError("sign-in", message);
     else clearError("sign-in");
     $("api-key").value = "";
@@ -635,7 +643,6 @@
     $("sign-in").hidden = true;
     $("session").hidden = false;
     $("environments").hidden = false;
-    setLive("connecting", "connecting…");
   }
 
   function setLive(kind, text) {
@@ -778,7 +785,7 @@
     const button = cells[0].firstChild;
     button.textContent = row.connectionName;
     button.setAttribute("aria-label", "Details of " + row.connectionName);
-    fillState(cells[1], row, at);
+    fillPresence(tr, row, at);
     setText(cells[2], row.currentMode, { className: "mode" });
     setText(cells[3], metadata.gitBranch, { className: "mono" });
     setText(cells[4], metadata.workingDirectory, {
@@ -794,11 +801,16 @@
     setText(cells[8], row.userId, { title: true });
     setText(cells[9], row.podId, { className: "mono", title: true });
     setTime(cells[10], row.connectedAt, at);
-    setTime(cells[11], row.lastHeartbeat, at);
     const update = selfUpdateSummary(row);
     setText(cells[12], update.text);
     if (update.title) cells[12].title = update.title;
     else cells[12].removeAttribute("title");
+  }
+
+  // What a heartbeat changes in a row: its state and its last heartbeat.
+  function fillPresence(tr, row, at) {
+    fillState(tr.children[1], row, at);
+    setTime(tr.children[11], row.lastHeartbeat, at);
   }
 
   function fillState(cell, row, at) {
@@ -995,9 +1007,16 @@
     }
   }
 
+  function fillDetailPresence(row, at) {
+    const badge = $("detail-state");
+    if (badge) fillState(badge, row, at);
+    const heartbeat = $("detail-fields").querySelector('[data-field="lastHeartbeat"]');
+    if (heartbeat) setTime(heartbeat, row.lastHeartbeat, at);
+  }
+
   function updateDetail(row) {
     if (state.detail && state.detail.id === row.id && isFresher(row, state.detail.row)) {
-      state.detail.row = row;
+      state.detail.row = keepingHeartbeat(row, state.detail.row);
       renderDetail();
     }
   }

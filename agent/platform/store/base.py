@@ -61,6 +61,11 @@ INDEXES = (
 LEASE_HOLDS = "EXISTS (SELECT 1 FROM pods WHERE pods.id = ? AND pods.generation = ?)"
 """The condition every presence write carries: the writing pod's lease is current."""
 
+BEATS_RETURNING = (
+    "RETURNING environments.organization_id, environments.id, environments.last_heartbeat"
+)
+"""What a batch of heartbeats returns, as `Beat` reads it: the rows it wrote, no more."""
+
 
 def migration_steps(migrations: dict[int, tuple[str, ...]], version: int) -> tuple[str, ...]:
     """The statements that take a database at `version` to SCHEMA_VERSION; StoreError when a
@@ -142,6 +147,16 @@ class Heartbeat:
 
 
 @dataclass(frozen=True)
+class Beat:
+    """A heartbeat written, with its row's organization: what the live channel pushes
+    (`platform.events`), the value in hand, so that no pod reads the row for it."""
+
+    organization_id: str
+    row_id: str
+    at: int
+
+
+@dataclass(frozen=True)
 class StoredKey:
     """A key as `envagent platform keys list` shows it: never the key, a prefix of its hash."""
 
@@ -210,6 +225,9 @@ class Store(ABC):
         self.on_change: Callable[[list[RowRef]], None] = _nobody
         """Told, after the write, of every row a write changed in a way a person sees (a
         heartbeat alone is not): set by the live channel's bus (`platform.events`)."""
+        self.on_heartbeats: Callable[[list[Beat]], None] = _nobody
+        """Told, after each batch of heartbeats (`record_heartbeats`), of the rows it wrote and
+        their new `lastHeartbeat`: set by the live channel's bus too."""
 
     def _unavailable(self, cause: str, what: str = "take writes") -> StoreUnavailable:
         """What to raise for a statement that may work later; the cause is logged once per
@@ -241,10 +259,20 @@ class Store(ABC):
     async def _all(self, sql: str, *params: Any) -> list[tuple[Any, ...]]: ...
 
     @abstractmethod
+    async def _record_heartbeats(
+        self, beats: Sequence[Heartbeat], lease: Lease
+    ) -> list[tuple[Any, ...]]:
+        """Write many heartbeats in one statement (or a few, for very many), each ending
+        `BEATS_RETURNING`: the rows written."""
+
     async def record_heartbeats(self, beats: Sequence[Heartbeat], lease: Lease) -> int:
-        """Record many heartbeats in one statement (or a few, for very many); the rows changed.
-        A beat whose connection no longer holds its row changes nothing, as in
+        """Record many heartbeats at once, tell `on_heartbeats` of them; the rows changed. A
+        beat whose connection no longer holds its row changes nothing, as in
         `record_heartbeat`, and none does once `lease` is fenced."""
+        written = [Beat(*row) for row in await self._record_heartbeats(beats, lease)]
+        if written:
+            self.on_heartbeats(written)
+        return len(written)
 
     @abstractmethod
     async def _write(self, sql: str, *params: Any) -> tuple[list[tuple[Any, ...]], int]:
@@ -407,14 +435,17 @@ class Store(ABC):
         pod_id: str,
         signalled: Callable[[], None],
         changed: Callable[[list[RowRef]], None],
+        beaten: Callable[[list[Beat]], None],
     ) -> Listening:
-        """Call `signalled` whenever a message is left for `pod_id`, and `changed` with the rows
-        any pod `announce`s, until stopped."""
+        """Call `signalled` whenever a message is left for `pod_id`, `changed` with the rows
+        any pod `announce`s, and `beaten` with the heartbeats of each announcement, whole,
+        until stopped."""
         raise NotImplementedError("one platform process: there is no other pod")
 
-    async def announce(self, changes: Sequence[RowRef]) -> None:
-        """Tell every pod's `listen` of these changed rows. Only a database several pods share
-        carries them; SQLite's one process tells itself (`platform.events`)."""
+    async def announce(self, changes: Sequence[RowRef], beats: Sequence[Beat] = ()) -> None:
+        """Tell every pod's `listen` of these changed rows and these heartbeats written (one
+        flush's, or several merged). Only a database several pods share carries them; SQLite's
+        one process tells itself (`platform.events`)."""
         raise NotImplementedError("one platform process: there is no other pod")
 
     async def join(self, pod_id: str, now: int) -> Lease:
@@ -584,7 +615,7 @@ class Store(ABC):
         )
 
 
-def _nobody(changes: list[RowRef]) -> None:
+def _nobody(told: list[RowRef] | list[Beat]) -> None:
     """No live channel listens (a store opened by a command, or by a test)."""
 
 

@@ -14,18 +14,20 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import asyncpg
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agent.platform.store.base import (
+    BEATS_RETURNING,
     BY_USER_INDEX,
     INDEXES,
     LEASE_HOLDS,
     PODS_TABLE,
     SCHEMA_VERSION,
+    Beat,
     Heartbeat,
     Lease,
     Listening,
@@ -104,10 +106,22 @@ version 2)."""
 
 CHANGES_CHANNEL = "envagent_rows"
 """Where every pod announces the rows it changed (`announce`) and listens for the others'."""
+HEARTBEATS_CHANNEL = "envagent_heartbeats"
+"""Where every pod announces the heartbeats each presence flush wrote, and listens for them."""
 CHANGES_PER_NOTIFY = 7_000
-"""Bytes of changes in one NOTIFY: its payload must stay under 8,000."""
+"""Bytes of changes (or heartbeats) in one NOTIFY: its payload must stay under 8,000."""
 _CHANGES: TypeAdapter[list[tuple[str, str]]] = TypeAdapter(list[tuple[str, str]])
 """A NOTIFY's changes: `[[organization id, row id], ...]`."""
+
+
+class _BeatsNote(BaseModel):
+    """A NOTIFY's heartbeats: `beats` as `[[organization id, row id, at], ...]`; `more` when the
+    announcement's next NOTIFY holds more of them. One statement's NOTIFYs reach a listener
+    together and in order, so a listener puts an announcement's heartbeats back together."""
+
+    more: bool
+    beats: list[tuple[str, str, int]]
+
 
 _TRY_AGAIN_CLASSES = ("08", "53", "57")
 """SQLSTATE classes that may pass: connection exceptions, insufficient resources (a full disk,
@@ -169,13 +183,15 @@ class PostgresStore(Store):
             return rows, len(rows)
         return [], _changed(await self._run(self._pool.execute, sql, params))
 
-    async def record_heartbeats(self, beats: Sequence[Heartbeat], lease: Lease) -> int:
-        status = await self._run(
-            self._pool.execute,
+    async def _record_heartbeats(
+        self, beats: Sequence[Heartbeat], lease: Lease
+    ) -> list[tuple[Any, ...]]:
+        written = await self._run(
+            self._pool.fetch,
             "UPDATE environments SET last_heartbeat = beat.at, last_seen_at = beat.at "  # noqa: S608
             "FROM unnest(?::text[], ?::text[], ?::bigint[]) AS beat (id, connection_id, at) "
             "WHERE environments.id = beat.id AND environments.connection_id = beat.connection_id "
-            f"AND {LEASE_HOLDS}",
+            f"AND {LEASE_HOLDS} {BEATS_RETURNING}",
             (
                 [beat.row_id for beat in beats],
                 [beat.connection_id for beat in beats],
@@ -184,7 +200,7 @@ class PostgresStore(Store):
                 lease.generation,
             ),
         )
-        return _changed(status)
+        return [tuple(row) for row in written]
 
     async def post(self, pod_id: str, message: Message) -> None:
         await self._run(
@@ -220,12 +236,20 @@ class PostgresStore(Store):
         )
         return [Message(*tuple(row)[1:]) for row in sorted(rows, key=lambda row: row[0])]
 
-    async def announce(self, changes: Sequence[RowRef]) -> None:
-        """One statement, however many NOTIFYs the changes fill."""
+    async def announce(self, changes: Sequence[RowRef], beats: Sequence[Beat] = ()) -> None:
+        """One statement, however many NOTIFYs the changes and heartbeats fill."""
+        pairs = ((change.organization_id, change.row_id) for change in changes)
+        notes = [(CHANGES_CHANNEL, payload) for payload in _payloads(pairs)]
+        chunks = _payloads((beat.organization_id, beat.row_id, beat.at) for beat in beats)
+        notes += [
+            (HEARTBEATS_CHANNEL, f'{{"more":{json.dumps(n < len(chunks))},"beats":{chunk}}}')
+            for n, chunk in enumerate(chunks, 1)
+        ]
         await self._run(
             self._pool.execute,
-            "SELECT pg_notify(?, payload) FROM unnest(?::text[]) AS payload",
-            (CHANGES_CHANNEL, _payloads(changes)),
+            "SELECT pg_notify(note.channel, note.payload) "
+            "FROM unnest(?::text[], ?::text[]) AS note (channel, payload)",
+            ([channel for channel, _ in notes], [payload for _, payload in notes]),
         )
 
     async def listen(
@@ -233,10 +257,13 @@ class PostgresStore(Store):
         pod_id: str,
         signalled: Callable[[], None],
         changed: Callable[[list[RowRef]], None],
+        beaten: Callable[[list[Beat]], None],
     ) -> Listening:
         """A connection of its own, outside the pool (which would take a dropped one back),
-        LISTENing on the pod's channel and on the changes'."""
+        LISTENing on the pod's channel, the changes' and the heartbeats'."""
         channel = _channel(pod_id)
+        partial: list[Beat] = []
+        """An announcement's heartbeats so far, until its last NOTIFY."""
 
         def heard(*_: object) -> None:
             signalled()
@@ -248,10 +275,21 @@ class PostgresStore(Store):
                 return
             changed([RowRef(*pair) for pair in pairs])
 
+        def beat(_connection: object, _pid: int, _channel: str, payload: object) -> None:
+            try:
+                note = _BeatsNote.model_validate_json(str(payload))
+            except ValidationError:  # not from a pod of ours
+                return
+            partial.extend(Beat(*triple) for triple in note.beats)
+            if not note.more:
+                beaten(partial.copy())
+                partial.clear()
+
         try:
             connection = await asyncpg.connect(self._url, command_timeout=STATEMENT_TIMEOUT_S)
             await connection.add_listener(channel, heard)
             await connection.add_listener(CHANGES_CHANNEL, announced)
+            await connection.add_listener(HEARTBEATS_CHANNEL, beat)
         except _CONNECTION_FAILURES as exc:
             raise self._unavailable(repr(exc), "listen") from None
 
@@ -311,21 +349,21 @@ def _channel(pod_id: str) -> str:
     return "envagent_" + hashlib.sha256(pod_id.encode()).hexdigest()[:32]
 
 
-def _payloads(changes: Sequence[RowRef]) -> list[str]:
-    """The changes as NOTIFY payloads of at most `CHANGES_PER_NOTIFY` bytes (one change a
-    payload at least), as `_CHANGES` reads them."""
+def _payloads(entries: Iterable[Sequence[str | int]]) -> list[str]:
+    """The entries as JSON arrays of at most `CHANGES_PER_NOTIFY` bytes (one entry an array at
+    least): the changes as `_CHANGES` reads them, the heartbeats as `_BeatsNote` holds them."""
     payloads: list[str] = []
-    pairs: list[str] = []
+    items: list[str] = []
     size = 0
-    for change in changes:
-        pair = json.dumps([change.organization_id, change.row_id], separators=(",", ":"))
-        if pairs and size + len(pair) + 1 > CHANGES_PER_NOTIFY:
-            payloads.append(f"[{','.join(pairs)}]")
-            pairs, size = [], 0
-        pairs.append(pair)
-        size += len(pair) + 1
-    if pairs:
-        payloads.append(f"[{','.join(pairs)}]")
+    for entry in entries:
+        item = json.dumps(list(entry), separators=(",", ":"))
+        if items and size + len(item) + 1 > CHANGES_PER_NOTIFY:
+            payloads.append(f"[{','.join(items)}]")
+            items, size = [], 0
+        items.append(item)
+        size += len(item) + 1
+    if items:
+        payloads.append(f"[{','.join(items)}]")
     return payloads
 
 

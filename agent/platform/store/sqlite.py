@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.platform.store.base import (
+    BEATS_RETURNING,
     BY_USER_INDEX,
     INDEXES,
     LEASE_HOLDS,
@@ -125,22 +126,25 @@ class SqliteStore(Store):
     async def _all(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return await self._run(lambda: self._db.execute(sql, params).fetchall())
 
-    async def record_heartbeats(self, beats: Sequence[Heartbeat], lease: Lease) -> int:
-        changed = 0
+    async def _record_heartbeats(
+        self, beats: Sequence[Heartbeat], lease: Lease
+    ) -> list[tuple[Any, ...]]:
+        written: list[tuple[Any, ...]] = []
         for start in range(0, len(beats), HEARTBEATS_PER_STATEMENT):
             chunk = beats[start : start + HEARTBEATS_PER_STATEMENT]
             values = ", ".join(["(?, ?, ?)"] * len(chunk))
-            _, count = await self._write(
+            rows, _ = await self._write(
                 "UPDATE environments SET last_heartbeat = beat.column3, "  # noqa: S608
                 f"last_seen_at = beat.column3 FROM (VALUES {values}) AS beat "
                 "WHERE environments.id = beat.column1 "
-                f"AND environments.connection_id = beat.column2 AND {LEASE_HOLDS}",
+                f"AND environments.connection_id = beat.column2 AND {LEASE_HOLDS} "
+                f"{BEATS_RETURNING}",
                 *(value for b in chunk for value in (b.row_id, b.connection_id, b.at)),
                 lease.pod_id,
                 lease.generation,
             )
-            changed += count
-        return changed
+            written += rows
+        return written
 
     async def _write(self, sql: str, *params: Any) -> tuple[list[tuple[Any, ...]], int]:
         def write() -> tuple[list[tuple[Any, ...]], int]:

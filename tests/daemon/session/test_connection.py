@@ -101,7 +101,7 @@ def _session(
         api_key="envk_secret",
         connection_id="conn-1",
         url=socket_url(url, environment.device_id, environment.name),
-        route=Route(client_trust()),
+        route=Route(client_trust),
         heartbeat_s=heartbeat_s,
         rand=lambda: 0.5,
         stopping=stopping,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -11,6 +12,7 @@ from agent.daemon.session.policy import (
     REREGISTER_AFTER_S,
     CloseAction,
     ReconnectPolicy,
+    Retry,
     Tick,
     Watchdog,
     backoff_delay,
@@ -52,6 +54,8 @@ def test_heartbeat_period_prefers_the_override_then_the_platform() -> None:
         (" 120 ", 120.0),
         ("Sun, 29 Nov 2026 12:00:30 GMT", 30.0),
         ("Sun, 29 Nov 2026 11:00:00 GMT", 0.0),  # in the past: no extra wait
+        ("Sun, 29 Nov 2026 12:00:30 -0000", 30.0),  # no time zone given: UTC
+        ("Sun, 29 Nov 2026 13:00:30 +0100", 30.0),  # another zone: the same instant
         ("soon", None),
         ("", None),
         (None, None),
@@ -69,6 +73,8 @@ def test_retry_after_as_seconds_or_an_http_date(header: str | None, seconds: flo
         (1008, "unknown connection", CloseAction.REREGISTER),
         (1000, "Replaced by new connection", CloseAction.STOP_REPLACED),
         (1000, "bye", CloseAction.RECONNECT),
+        (1000, "Going away", CloseAction.RECONNECT),  # sorts before the replaced reason
+        (1000, None, CloseAction.RECONNECT),
         (1001, "platform shutting down", CloseAction.RECONNECT),
         (1011, "", CloseAction.RECONNECT),
         (1006, None, CloseAction.RECONNECT),
@@ -107,6 +113,74 @@ def test_a_period_far_below_the_round_trip_never_makes_a_dead_peer() -> None:
             dog.pong()
     assert Tick.DEAD not in ticks and Tick.WAIT in ticks
     assert dog.answered == 125
+
+
+def test_the_silence_needed_is_two_seconds_and_any_longer_one_will_do() -> None:
+    now = [7_000.0]
+    dog = Watchdog(clock=lambda: now[0])
+    dog.new_connection()
+    assert [dog.tick() for _ in range(3)] == [Tick.PING] * 3
+    now[0] = 7_001.999
+    assert dog.tick() is Tick.WAIT
+    now[0] = 7_002.0
+    assert dog.tick() is Tick.DEAD
+    now[0] = 7_060.0
+    assert dog.tick() is Tick.DEAD
+
+
+def test_a_new_watchdog_pings_three_times_and_counts_the_silence_from_the_first() -> None:
+    """Without `new_connection`: nothing was heard yet, so the silence starts at the first
+    ping."""
+    now = [300.0]
+    dog = Watchdog(clock=lambda: now[0])
+    ticks = []
+    for _ in range(3):
+        ticks.append(dog.tick())
+        now[0] += 0.5
+    assert ticks == [Tick.PING] * 3
+    assert (dog.sent, dog.unanswered) == (3, 3)
+    assert dog.tick() is Tick.WAIT  # 1.5 s since the first ping
+    now[0] = 300.0 + MIN_SILENCE_S
+    assert dog.tick() is Tick.DEAD
+
+
+def test_a_new_connection_starts_the_count_and_the_silence_again() -> None:
+    now = [40.0]
+    dog = Watchdog(clock=lambda: now[0])
+    dog.new_connection()
+    assert [dog.tick() for _ in range(3)] == [Tick.PING] * 3
+    now[0] = 45.0
+    dog.new_connection()  # a new socket, 5 s later: nothing of the old one counts
+    assert (dog.unanswered, dog.sent) == (0, 3)
+    assert [dog.tick() for _ in range(3)] == [Tick.PING] * 3
+    now[0] = 45.0 + MIN_SILENCE_S - 0.001
+    assert dog.tick() is Tick.WAIT
+    now[0] = 45.0 + MIN_SILENCE_S
+    assert dog.tick() is Tick.DEAD
+
+
+def test_the_watchdog_s_bookkeeping_is_not_a_field_to_give_or_show() -> None:
+    with pytest.raises(TypeError):
+        Watchdog(_heard_at=1.0)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Watchdog(_sent_at=[])  # type: ignore[call-arg]
+    shown = repr(Watchdog(clock=lambda: 0.0))
+    assert "unanswered=0" in shown
+    assert "_sent_at" not in shown and "_heard_at" not in shown
+
+
+def test_a_retry_decision_is_frozen() -> None:
+    retry = ReconnectPolicy(stable_after_s=30, rand=lambda: 0.0).lost(10.0)
+    assert retry == Retry(delay_s=1.0, register_again=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        retry.delay_s = 0  # type: ignore[misc]
+
+
+def test_round_trips_are_counted_in_the_documented_buckets() -> None:
+    """docs/operations.md: buckets from 5 ms to 30 s; its alert on the 90th percentile over
+    1 s needs the 1 s bound."""
+    dog = Watchdog(clock=lambda: 0.0)
+    assert dog.rtt.bounds == (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 def test_the_silence_counts_from_the_socket_opening_when_no_pong_came() -> None:
@@ -155,7 +229,7 @@ def test_close_codes_are_counted_by_class(code: int | None, cause: str) -> None:
 def test_reconnect_backoff_grows_while_connections_do_not_last() -> None:
     policy = ReconnectPolicy(stable_after_s=30, rand=lambda: 0.0)
     delays = []
-    now = 0.0
+    now = 1_000.0  # not 0: how long a connection lasted is now minus when it opened
     for _ in range(5):
         policy.connected(now)
         now += 1  # dropped after a second: not stable
@@ -168,6 +242,30 @@ def test_reconnect_backoff_resets_after_a_stable_connection() -> None:
     assert [policy.lost(float(n)).delay_s for n in range(3)] == [1, 2, 4]
     policy.connected(100.0)
     assert policy.lost(130.0).delay_s == 1  # stayed up one heartbeat period
+    assert [policy.lost(131.0 + n).delay_s for n in range(2)] == [2, 4]
+    policy.connected(200.0)
+    assert policy.lost(229.999).delay_s == 8  # just short of a period: not stable
+    policy.connected(300.0)
+    assert policy.lost(900.0).delay_s == 1  # up ten minutes, far longer than a period
+
+
+def test_a_stable_connection_restarts_the_count_towards_registering_again() -> None:
+    policy = ReconnectPolicy(stable_after_s=30, rand=lambda: 0.0)
+    assert policy.lost(5_000.0).register_again is False
+    policy.connected(5_200.0)
+    assert policy.lost(5_290.0).register_again is False  # up 90 s: failing since 5,290 now
+    assert policy.lost(5_290.0 + REREGISTER_AFTER_S - 1).register_again is False
+    assert policy.lost(5_290.0 + REREGISTER_AFTER_S).register_again is True
+
+
+def test_registers_again_after_exactly_five_minutes_of_failures() -> None:
+    policy = ReconnectPolicy(stable_after_s=30, rand=lambda: 0.0)
+    assert REREGISTER_AFTER_S == 300
+    assert policy.lost(2_000.0).register_again is False
+    assert policy.lost(2_299.999).register_again is False
+    assert policy.lost(2_300.0).register_again is True
+    assert policy.lost(2_300.0 + 299.999).register_again is False  # counted again from there
+    assert policy.lost(2_600.0).register_again is True
 
 
 def test_registers_again_after_five_minutes_of_failures() -> None:

@@ -62,7 +62,7 @@ def route(monkeypatch: pytest.MonkeyPatch) -> Route:
     for variable in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
         for name in (variable, variable.lower()):
             monkeypatch.delenv(name, raising=False)
-    return Route(client_trust(None, {}))
+    return Route(lambda: client_trust(None, {}))
 
 
 def test_the_embedded_platform_is_reached_directly(
@@ -70,7 +70,7 @@ def test_the_embedded_platform_is_reached_directly(
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.corp:3128")
     assert route.proxy("http://127.0.0.1:8283") == "http://proxy.corp:3128"
-    assert Route(route.trust, proxied=False).proxy("http://127.0.0.1:8283") is None
+    assert Route(route.trust_for, proxied=False).proxy("http://127.0.0.1:8283") is None
 
 
 def test_only_http_proxies_and_the_password_is_not_shown(

@@ -13,7 +13,13 @@ import pytest
 
 from agent.platform.access import ApiKey
 from agent.platform.keys import create_key, hash_key
-from agent.platform.store.base import Heartbeat, Store, describe_location, is_postgres
+from agent.platform.store.base import (
+    Beat,
+    Heartbeat,
+    Store,
+    describe_location,
+    is_postgres,
+)
 from agent.platform.store.opening import open_store
 from agent.protocol.models import EnvironmentRow, ListQuery, RegisterRequest
 
@@ -226,11 +232,19 @@ async def test_heartbeats_in_one_batch_skip_rows_their_socket_no_longer_holds(
         await store.mark_connected(row_id, connection_id, lease, None, NOW)
         held.append(Heartbeat(row_id, connection_id, NOW + 10 + n))
     stale = Heartbeat(held[0].row_id, "conn-replaced", NOW + 99)
+    told: list[list[Beat]] = []
+    store.on_heartbeats = told.append
     assert await store.record_heartbeats([*held, stale], lease) == 3
     for beat in held:
         row = await row_of(store, beat.row_id)
         assert (row.last_heartbeat, row.last_seen_at) == (beat.at, beat.at)
+    # The live channel is told of the rows written, with their values, once a batch.
+    assert len(told) == 1
+    assert sorted(told[0], key=lambda beat: beat.at) == [
+        Beat("org-a", beat.row_id, beat.at) for beat in held
+    ]
     assert await store.record_heartbeats([], lease) == 0
+    assert len(told) == 1, "nothing written, nothing told"
 
 
 async def test_a_pod_joining_again_supersedes_its_earlier_lease_and_frees_its_rows(
