@@ -3,7 +3,10 @@ and localhost, written as the PEM files a platform serves with and a daemon is t
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,3 +39,21 @@ def make_authority(folder: Path) -> TestAuthority:
     files.cert_pem.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
     server.private_key_pem.write_to_path(str(files.key_pem))
     return files
+
+
+@asynccontextmanager
+async def closing_tls_server(authority: TestAuthority) -> AsyncIterator[int]:
+    """A TLS server on 127.0.0.1 with `authority`'s certificate that closes each connection
+    once the handshake is done; yields its port."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(authority.cert_pem, authority.key_pem)
+
+    async def close(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(close, "127.0.0.1", 0, ssl=context)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.support.tls import OS_TRUST_STORE, CAFileError, client_trust
-from tests.tls_helpers import TestAuthority, make_authority
+from tests.tls_helpers import TestAuthority, closing_tls_server, make_authority
 
 
 @pytest.fixture
@@ -23,16 +23,8 @@ def authority(tmp_path: Path) -> TestAuthority:
 @pytest.fixture
 async def tls_port(authority: TestAuthority) -> AsyncIterator[int]:
     """A TLS server on 127.0.0.1 with the test CA's certificate, closing each connection."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(authority.cert_pem, authority.key_pem)
-
-    async def close(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.close()
-
-    server = await asyncio.start_server(close, "127.0.0.1", 0, ssl=context)
-    yield server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
+    async with closing_tls_server(authority) as port:
+        yield port
 
 
 async def handshake(context: ssl.SSLContext, port: int) -> None:

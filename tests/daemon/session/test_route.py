@@ -19,7 +19,7 @@ from agent.daemon.session.route import Route, UnusableProxy
 from agent.protocol.models import RegisterRequest
 from agent.support.tls import client_trust
 from tests.helpers import free_port
-from tests.tls_helpers import make_authority
+from tests.tls_helpers import closing_tls_server, make_authority
 
 REQUEST = RegisterRequest(device_id="dev-1", connection_name="box")
 REFUSAL = b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n"
@@ -44,17 +44,8 @@ async def refusing_proxy() -> AsyncIterator[int]:
 @pytest.fixture
 async def untrusted_port(tmp_path: Path) -> AsyncIterator[int]:
     """A TLS server whose certificate comes from a CA no store holds."""
-    authority = make_authority(tmp_path / "ca")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(authority.cert_pem, authority.key_pem)
-
-    async def close(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.close()
-
-    server = await asyncio.start_server(close, "127.0.0.1", 0, ssl=context)
-    yield server.sockets[0].getsockname()[1]
-    server.close()
-    await server.wait_closed()
+    async with closing_tls_server(make_authority(tmp_path / "ca")) as port:
+        yield port
 
 
 @pytest.fixture
