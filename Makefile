@@ -50,8 +50,8 @@ test-fast: lint
 bench: $(TESTENV)
 	$(BIN)/python -m tests.bench.run
 
-# Mutation testing of the pure modules, each against its own tests (docs/mutation.md): most of an
-# hour, so not part of `test`. At nice 19, one module at a time, in copies of the tree under
+# Mutation testing of the pure modules, each against its own tests (docs/mutation.md): about 20
+# minutes, so not part of `test`. At nice 19, one module at a time, in a copy of the tree under
 # build/mutation/ (never here); the summary is build/mutation/summary.md.
 mutation: $(TESTENV)
 	nice -n 19 $(BIN)/python -m tests.mutation.run

@@ -226,9 +226,11 @@ def _fork_server(address: str, target: Target, tree: Path) -> Iterator[None]:
 
 
 def _copy_tree(tree: Path) -> None:
+    """Copy the files to mutate and test, and note the commit they were copied at."""
     if tree.exists():
         shutil.rmtree(tree)
     tree.mkdir(parents=True)
+    (BUILD / "commit").write_text(_git("rev-parse", "--short", "HEAD") + "\n")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis", "results*.json")
     for name in COPIED:
         source = ROOT / name
@@ -414,14 +416,15 @@ def _percent(score: float | None) -> str:
 def _summary(
     results: Sequence[ModuleResult], equivalents: list[dict[str, str]], command: str
 ) -> str:
-    commit = _git("rev-parse", "--short", "HEAD")
+    commit = (BUILD / "commit").read_text().strip()
     paths = [path for result in results for path in (result.module, *result.tests)]
-    dirty = _git("status", "--porcelain", "--", *paths)
+    changed = [path for path in paths if not _as_committed(commit, path)]
     parts = [
         "# Mutation testing: summary",
         "",
         f"- date: {datetime.now(UTC).date().isoformat()}",
-        f"- commit: {commit}" + (" (with uncommitted changes to the files below)" if dirty else ""),
+        f"- commit: {commit}, when the tree was copied"
+        + (f"; these files as they were uncommitted: {', '.join(changed)}" if changed else ""),
         f"- command: `{command}` (cosmic-ray {_cosmic_version()})",
         "",
         _table(results),
@@ -445,6 +448,12 @@ def _summary(
         for entry in unused:
             parts.append(f"- listed as equivalent, but no such survivor: `{entry['mutant']}`")
     return "\n".join(parts) + "\n"
+
+
+def _as_committed(commit: str, path: str) -> bool:
+    """Whether the copy of `path` that was measured is the one in `commit`."""
+    done = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True)
+    return done.returncode == 0 and done.stdout == (BUILD / "tree" / path).read_bytes()
 
 
 def _hunk(diff: str) -> list[str]:
