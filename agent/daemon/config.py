@@ -26,7 +26,7 @@ import os
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -160,7 +160,8 @@ class Platform:
     embedded platform's once it has started."""
 
     url: str
-    api_key: str
+    api_key: str = field(repr=False)
+    """Never in a repr: a log line or a traceback showing this object must not show the key."""
     embedded: bool
 
 

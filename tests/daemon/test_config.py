@@ -517,3 +517,8 @@ def test_a_platform_is_its_url_its_key_and_whether_it_is_the_embedded_one() -> N
 def test_a_flag_that_is_not_a_setting_is_a_programming_error() -> None:
     with pytest.raises(ValueError, match="not settings: verbose"):
         load({"verbose": True})
+
+
+def test_the_platform_s_repr_leaves_the_key_out() -> None:
+    shown = repr(Platform("https://api.letta.com", "sk-secret-key-1234", embedded=False))
+    assert "sk-secret-key-1234" not in shown and "https://api.letta.com" in shown
