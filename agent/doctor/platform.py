@@ -20,7 +20,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from agent import __version__
 from agent.daemon.config import Platform
-from agent.daemon.session.connection import CLOSE_TIMEOUT_S, OPEN_TIMEOUT_S, socket_url
+from agent.daemon.session.connection import open_socket, socket_url
 from agent.daemon.session.register import (
     RegistrationRefused,
     TransientRegistrationError,
@@ -112,16 +112,8 @@ async def check_websocket(
     via = f" through {shown(proxy)}" if proxy else ""
     started = time.monotonic()
     try:
-        ws = await websockets.connect(
-            url,
-            additional_headers={"Authorization": f"Bearer {platform.api_key}"},
-            user_agent_header=f"envagent/{__version__} (doctor)",
-            open_timeout=OPEN_TIMEOUT_S,
-            close_timeout=CLOSE_TIMEOUT_S,
-            ping_interval=None,
-            compression=None,
-            ssl=route.socket_ssl(url),
-            proxy=proxy,
+        ws = await open_socket(
+            url, platform.api_key, route, client=f"envagent/{__version__} (doctor)"
         )
     except InvalidStatus as exc:
         return failed(

@@ -111,6 +111,25 @@ def socket_url(ws_url: str, device_id: str, connection_name: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+async def open_socket(
+    url: str, api_key: str, route: Route, client: str = f"envagent/{__version__}"
+) -> ClientConnection:
+    """The socket to the platform as the daemon opens it: the route's proxy and trust, the key,
+    no library timers; `envagent doctor` opens its check socket through here too."""
+    return await websockets.connect(
+        url,
+        ssl=route.socket_ssl(url),
+        proxy=route.proxy(url),  # None: directly, whatever websockets would read itself
+        additional_headers={"Authorization": f"Bearer {api_key}"},
+        user_agent_header=client,
+        open_timeout=OPEN_TIMEOUT_S,
+        close_timeout=CLOSE_TIMEOUT_S,
+        ping_interval=None,  # our own pings are the heartbeat; no timer of theirs
+        compression=None,  # small JSON frames: a deflate context costs more than it saves
+        max_size=HARD_MAX_FRAME_BYTES,
+    )
+
+
 class Session:
     def __init__(
         self,
@@ -142,18 +161,7 @@ class Session:
     async def run(self) -> SessionEnd:
         route, url = self._route, self._url
         try:
-            ws = await websockets.connect(
-                url,
-                ssl=route.socket_ssl(url),
-                proxy=route.proxy(url),  # None: directly, whatever websockets would read itself
-                additional_headers={"Authorization": f"Bearer {self._api_key}"},
-                user_agent_header=f"envagent/{__version__}",
-                open_timeout=OPEN_TIMEOUT_S,
-                close_timeout=CLOSE_TIMEOUT_S,
-                ping_interval=None,  # our own pings are the heartbeat; no timer of theirs
-                compression=None,  # small JSON frames: a deflate context costs more than it saves
-                max_size=HARD_MAX_FRAME_BYTES,
-            )
+            ws = await open_socket(url, self._api_key, route)
         except InvalidStatus as exc:
             status = exc.response.status_code
             action = CloseAction.REREGISTER if status in (401, 403, 404) else CloseAction.RECONNECT
