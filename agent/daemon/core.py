@@ -41,7 +41,6 @@ from agent.protocol.models import (
     LocalApiAddress,
     Metadata,
     Mode,
-    Source,
 )
 from agent.support import exitcodes
 from agent.support.exitcodes import Finished
@@ -66,7 +65,6 @@ class Daemon:
         self.settings = settings
         self.platform = Platform(settings.base_url or "", "", embedded=settings.base_url is None)
         """Until `run` resolves it (the embedded platform's URL is known only once started)."""
-        self.source: Source = settings.source
         self._parent_pid = parent_pid
         self._on_ready = on_ready
         self._rand = rand
@@ -107,6 +105,7 @@ class Daemon:
             name=environment.name,
             mode=environment.mode,
             metadata=environment.metadata,
+            source=self.settings.source,
         )
 
     def health(self) -> Health:

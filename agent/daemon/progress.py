@@ -22,6 +22,7 @@ from agent.protocol.models import (
     NodeReport,
     ProcessReport,
     RegisterReply,
+    Source,
 )
 from agent.support.clock import now_ms
 from agent.support.process import process_figures
@@ -93,7 +94,7 @@ class Progress:
         return Health(ok=True, reason="heartbeats are answered")
 
     def own_row(
-        self, state: DaemonState, *, name: str, mode: Mode, metadata: Metadata
+        self, state: DaemonState, *, name: str, mode: Mode, metadata: Metadata, source: Source
     ) -> EnvironmentRow:
         """The daemon's row in exactly the listing shape: what the platform returned at
         registration where the daemon cannot know it (a Letta platform returns none: then `id`
@@ -116,6 +117,7 @@ class Progress:
             current_mode=mode,
             metadata=metadata,
             user_id=known.user_id if known else None,
+            source=source,
         )
 
     def status(

@@ -30,7 +30,6 @@ from agent.protocol.models import (
     ListQuery,
     Mode,
     ModeChange,
-    Source,
     WireModel,
     describe_validation_error,
 )
@@ -46,8 +45,6 @@ MAX_BODY_BYTES = 4096
 
 class DaemonView(Protocol):
     """What the local API reads from, and asks of, the running daemon."""
-
-    source: Source
 
     @property
     def mode(self) -> Mode: ...
@@ -71,7 +68,7 @@ class PortUnavailable(Exception):
     """
 
 
-def local_page(row: EnvironmentRow, query: ListQuery, source: Source, now: int) -> EnvironmentList:
+def local_page(row: EnvironmentRow, query: ListQuery, now: int) -> EnvironmentList:
     """The listing of one row, filtered exactly as the platform filters its rows."""
     if query.after is not None:
         if query.after != row.id:
@@ -79,7 +76,7 @@ def local_page(row: EnvironmentRow, query: ListQuery, source: Source, now: int) 
         return EnvironmentList(connections=[], has_next_page=False)
     keep = (
         (not query.online_only or row.is_online(now, ONLINE_WINDOW_MS))
-        and (query.source is None or query.source == source)
+        and (query.source is None or query.source == row.source)
         and (query.user_id is None or query.user_id == row.user_id)
     )
     return EnvironmentList(connections=[row] if keep else [], has_next_page=False)
@@ -208,9 +205,7 @@ class LocalApi:
         return route
 
     async def _list(self, request: Request) -> Response:
-        page = local_page(
-            self._daemon.listing_row(), list_query(request.query), self._daemon.source, now_ms()
-        )
+        page = local_page(self._daemon.listing_row(), list_query(request.query), now_ms())
         return json_response(page)
 
     async def _health(self, request: Request) -> Response:

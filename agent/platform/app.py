@@ -131,11 +131,16 @@ async def _list_environments(request: web.Request) -> web.Response:
 
 
 async def retrieve_environment(request: web.Request) -> web.Response:
+    """One row by its `id` (ext: the one way to name a row of a device with several listener
+    instances), else by `deviceId`, as Letta's SDK asks for it."""
     key = await authenticate(request)
-    device_id = request.match_info["device_id"]
-    row = await request.app[STORE_KEY].get_by_device(key.organization_id, device_id)
+    name = request.match_info["device_id"]
+    store = request.app[STORE_KEY]
+    row = await store.get(key.organization_id, name) or await store.get_by_device(
+        key.organization_id, name
+    )
     if row is None:
-        raise ApiError(404, "not_found", f"no environment with deviceId {device_id!r}")
+        raise ApiError(404, "not_found", f"no environment with id or deviceId {name!r}")
     return web.json_response(row.to_wire())
 
 

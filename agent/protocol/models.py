@@ -142,11 +142,12 @@ class RegisterRequest(CamelModel):
 class EnvironmentRow(CamelModel):
     """One connection row of `GET /v1/environments`.
 
-    The first ten keys are always present (some may be null); the last four appear only when
-    they have a value.
+    The first ten keys are always present (some may be null); the others appear only when they
+    have a value. `source` is ext: the row's registered source, which the `source` query
+    filters on; a Letta platform does not send it.
     """
 
-    _omit_if_none = frozenset({"api_key_owner", "current_mode", "metadata", "user_id"})
+    _omit_if_none = frozenset({"api_key_owner", "current_mode", "metadata", "user_id", "source"})
 
     id: str
     connected_at: int | None
@@ -162,6 +163,7 @@ class EnvironmentRow(CamelModel):
     current_mode: Mode | None = None
     metadata: Metadata | None = None
     user_id: str | None = None
+    source: Source | None = None
 
     def is_online(self, now_ms: int, window_ms: int) -> bool:
         """The Letta online rule: a connection id and a heartbeat younger than the window."""

@@ -180,9 +180,10 @@ async def test_filters_paging_and_live_rows_respect_the_filters(
     await expect(session.row("dev-late-name")).to_have_count(0)
     await expect(rows).to_have_count(3)
 
-    # One source: the rows carry no source, so the page learns it from the filtered listing.
+    # Each row says its source, and one source filters them, live rows included.
     await page.get_by_label("User").fill("")
     await page.get_by_label("User").press("Enter")
+    await expect(session.cell("dev-00-name", "Source")).to_have_text("local")
     await page.get_by_label("Source").select_option("remote")
     await expect(rows).to_have_count(3)
     await expect(page.locator('[data-label="Source"]')).to_have_text(["remote"] * 3)
@@ -237,4 +238,26 @@ async def test_after_the_platform_restarts_the_page_reconnects_and_reads_again(
     # Back within the backoff: a retry after at most 1.5 s, or (a slow restart) 3 s after that.
     await expect(live).to_have_text("live", timeout=LIVE_MS + 4500)
     await expect(session.row("while-away-name")).to_be_visible(timeout=LIVE_MS)
+    assert_clean(session)
+
+
+async def test_the_detail_of_one_of_several_instances_of_a_device_is_that_row(
+    platform: Platform, open_session: OpenSession
+) -> None:
+    first = await platform.register("shared-device", connectionName="first-instance")
+    second = await platform.register(
+        "shared-device", connectionName="second-instance", listenerInstanceId="b", source="remote"
+    )
+    session = await signed_in(open_session, platform, platform.key)
+    page = session.page
+    await session.row("second-instance").get_by_role("button").click()
+    detail = page.locator("#detail")
+    await expect(detail.locator("#detail-title")).to_contain_text("second-instance")
+    fields = detail.locator("#detail-fields")
+    await expect(fields.locator('[data-field="id"]')).to_have_text(second["environment"]["id"])
+    await expect(fields.locator('[data-field="source"]')).to_have_text("remote")
+    # Read by the row's id: by device, the platform would answer with the first instance.
+    path = "/v1/environments/" + second["environment"]["id"]
+    assert any(url.split("?")[0].endswith(path) for url in session.requests)
+    assert first["environment"]["id"] != second["environment"]["id"]
     assert_clean(session)

@@ -35,7 +35,6 @@ from agent.protocol.models import (
     HeartbeatCounts,
     ListQuery,
     Mode,
-    Source,
 )
 from agent.support.clock import now_ms
 from agent.support.files import UnusableFile
@@ -52,7 +51,7 @@ def own_row(**fields: object) -> EnvironmentRow:
     values: dict[str, object] = {
         "id": "env-1", "connected_at": now, "connection_id": "conn-1", "connection_name": "box",
         "device_id": "dev-1", "first_seen_at": 1, "last_heartbeat": now, "last_seen_at": now,
-        "organization_id": "org-a", "pod_id": None, "user_id": "user-a",
+        "organization_id": "org-a", "pod_id": None, "user_id": "user-a", "source": "local",
     }  # fmt: skip
     return EnvironmentRow.model_validate(values | fields)
 
@@ -61,7 +60,6 @@ def own_row(**fields: object) -> EnvironmentRow:
 class StandIn:
     """The daemon as the routes see it; `failure` makes every read raise it."""
 
-    source: Source = "local"
     mode: Mode = "default"
     row: EnvironmentRow = field(default_factory=own_row)
     healthy: Health = field(default_factory=lambda: Health(ok=True, reason="online"))
@@ -449,10 +447,10 @@ async def test_a_failure_of_the_daemon_is_a_json_500_that_tells_nothing_of_it(
 
 def test_after_the_own_id_is_an_empty_page_and_any_other_id_a_400() -> None:
     row = own_row()
-    empty = local_page(row, ListQuery(after="env-1"), "local", NOW)
+    empty = local_page(row, ListQuery(after="env-1"), NOW)
     assert (empty.connections, empty.has_next_page) == ([], False)
     with pytest.raises(ApiError) as refused:
-        local_page(row, ListQuery(after="env-of-another-daemon"), "local", NOW)
+        local_page(row, ListQuery(after="env-of-another-daemon"), NOW)
     assert (refused.value.status, refused.value.message) == (
         400,
         "after: no row with id 'env-of-another-daemon'",
@@ -473,9 +471,9 @@ def test_online_only_applies_the_platform_s_rule_at_both_ends(
     heartbeat: int | None, connection: str | None, listed: bool
 ) -> None:
     row = own_row(last_heartbeat=heartbeat, connection_id=connection)
-    online = local_page(row, ListQuery(online_only=True), "local", NOW)
+    online = local_page(row, ListQuery(online_only=True), NOW)
     assert online.connections == ([row] if listed else [])
-    assert local_page(row, ListQuery(), "local", NOW).connections == [row]
+    assert local_page(row, ListQuery(), NOW).connections == [row]
 
 
 @pytest.mark.parametrize(
@@ -489,8 +487,8 @@ def test_online_only_applies_the_platform_s_rule_at_both_ends(
     ],
 )
 def test_source_and_user_filter_the_own_row(query: ListQuery, listed: bool) -> None:
-    row = own_row()
-    page = local_page(row, query, "remote", NOW)
+    row = own_row(source="remote")
+    page = local_page(row, query, NOW)
     assert page.connections == ([row] if listed else [])
     assert page.has_next_page is False
 
@@ -498,7 +496,7 @@ def test_source_and_user_filter_the_own_row(query: ListQuery, listed: bool) -> N
 async def test_the_listing_is_served_with_the_query_parsed_as_the_platform_parses_it(
     serve: Serve,
 ) -> None:
-    http = await serve(StandIn(source="remote"))
+    http = await serve(StandIn(row=own_row(source="remote")))
     listed = (await http.get("/v1/environments", params={"onlineOnly": "TRUE"})).json()
     assert [row["id"] for row in listed["connections"]] == ["env-1"]
     assert listed["hasNextPage"] is False

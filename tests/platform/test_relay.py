@@ -14,6 +14,8 @@ import asyncpg
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from agent.platform.access import ApiKey
+from agent.platform.keys import create_key
 from tests.conftest import StartPlatform, on_both_backends
 from tests.helpers import WAIT_S, FakeDaemon, Platform, open_socket, wait_for
 
@@ -59,6 +61,35 @@ async def test_same_identity_reuses_the_row(platform: Platform) -> None:
     other_instance = await platform.register("dev-1", listenerInstanceId="second")
     assert other_instance["environment"]["id"] != first["environment"]["id"]
     assert len(await platform.rows()) == 2
+
+
+@on_both_backends
+async def test_one_row_by_its_id_or_by_device_and_each_says_its_source(platform: Platform) -> None:
+    first = (await platform.register("dev-1", source="remote"))["environment"]
+    second = (await platform.register("dev-1", listenerInstanceId="b"))["environment"]
+    assert (first["source"], second["source"]) == ("remote", "local")
+    assert {row["id"]: row["source"] for row in await platform.rows()} == {
+        first["id"]: "remote",
+        second["id"]: "local",
+    }
+
+    async def retrieve(name: str, key: str = platform.key) -> tuple[int, Any]:
+        reply = await platform.http.get(
+            f"{platform.url}/v1/environments/{name}", headers=platform.auth(key)
+        )
+        return reply.status_code, reply.json()
+
+    # By device: the row without a listener instance; by id: each row exactly.
+    assert await retrieve("dev-1") == (200, first)
+    assert await retrieve(second["id"]) == (200, second)
+    assert await retrieve(first["id"]) == (200, first)
+    stranger = await create_key(platform.server.store, ApiKey("org-other", "user-x", "Eve"))
+    for name in ("dev-1", first["id"], second["id"]):
+        status, body = await retrieve(name, stranger)
+        assert (status, body["error"]) == (404, "not_found"), name
+    assert (await retrieve("env-unknown"))[1]["message"] == (
+        "no environment with id or deviceId 'env-unknown'"
+    )
 
 
 @on_both_backends

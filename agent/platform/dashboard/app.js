@@ -29,7 +29,6 @@
     rows: new Map(), // id -> row, as last received
     order: [], // ids of the rows the listing returned, in its order
     extras: [], // ids learnt from live events beyond the loaded pages, shown after them
-    knownSource: new Map(), // id -> source, learnt from a listing read under a source filter
     touched: new Map(), // id -> event sequence number of its last live update
     eventSeq: 0,
     cursor: null,
@@ -43,7 +42,7 @@
     refreshing: null,
     refreshAgain: false,
     refreshScheduled: false,
-    detail: null, // { id, deviceId, row, requestedMode, modeDirty }
+    detail: null, // { id, row, requestedMode, modeDirty }
     opener: null,
   };
 
@@ -152,23 +151,12 @@
     return row.metadata && typeof row.metadata === "object" ? row.metadata : {};
   }
 
-  function sourceOf(row) {
-    if (typeof row.source === "string") return row.source;
-    const fromMetadata = metadataOf(row).source;
-    if (typeof fromMetadata === "string") return fromMetadata;
-    return state.knownSource.get(row.id) || null;
-  }
-
-  // true, false, or "unknown" when a source filter is set and the row does not say its source.
+  // Whether a row belongs under the filters, decided as the listing's own query decides it.
   function matches(row, at) {
     const f = state.filters;
     if (f.userId && row.userId !== f.userId) return false;
     if (f.onlineOnly && !isOnline(row, at)) return false;
-    if (f.source) {
-      const source = sourceOf(row);
-      if (source == null) return "unknown";
-      if (source !== f.source) return false;
-    }
+    if (f.source && row.source !== f.source) return false;
     return true;
   }
 
@@ -212,11 +200,8 @@
     const row = keepingHeartbeat(event, held);
     state.touched.set(row.id, state.eventSeq);
     updateDetail(row);
-    const verdict = matches(row, now());
-    if (verdict === false || (verdict === "unknown" && !held)) {
+    if (!matches(row, now())) {
       if (held) forget(row.id);
-      // A new row whose source the event does not say: the listing, with the filter, knows.
-      if (verdict === "unknown") scheduleRefresh();
       renderAll();
       return;
     }
@@ -303,7 +288,6 @@
     const seen = new Set();
     for (const row of fetched) {
       seen.add(row.id);
-      if (state.filters.source) state.knownSource.set(row.id, state.filters.source);
       const held = state.rows.get(row.id);
       if (isFresher(row, held)) state.rows.set(row.id, keepingHeartbeat(row, held));
     }
@@ -326,7 +310,7 @@
     const at = now();
     for (const id of [...state.order, ...state.extras]) {
       const row = state.rows.get(id);
-      if (!row || matches(row, at) === false) forget(id);
+      if (!row || !matches(row, at)) forget(id);
     }
   }
 
@@ -618,7 +602,6 @@
     state.rows.clear();
     state.order = [];
     state.extras = [];
-    state.knownSource.clear();
     state.touched.clear();
     state.cursor = null;
     state.hasNext = false;
@@ -795,9 +778,7 @@
     });
     setText(cells[5], metadata.nodeVersion);
     setText(cells[6], metadata.lettaCodeVersion);
-    const source = sourceOf(row);
-    setText(cells[7], source);
-    if (!source) cells[7].title = "the platform does not report this row's source";
+    setText(cells[7], row.source);
     setText(cells[8], row.userId, { title: true });
     setText(cells[9], row.podId, { className: "mono", title: true });
     setTime(cells[10], row.connectedAt, at);
@@ -977,7 +958,7 @@
     title.append(" ", badge);
     fillState(badge, row, at);
 
-    const top = { ...row, source: sourceOf(row) };
+    const top = { ...row };
     delete top.metadata;
     fillFields($("detail-fields"), top, ROW_FIELDS, at);
     const metadata = { ...metadataOf(row) };
@@ -1025,8 +1006,7 @@
     const row = state.rows.get(id);
     if (!row) return;
     state.opener = opener || null;
-    state.detail = { id, deviceId: row.deviceId, row, requestedMode: null, modeDirty: false };
-    $("detail-note").hidden = true;
+    state.detail = { id, row, requestedMode: null, modeDirty: false };
     clearError("detail");
     clearError("mode");
     $("mode-status").textContent = "";
@@ -1040,12 +1020,10 @@
   async function refreshDetail() {
     const detail = state.detail;
     if (!detail) return;
-    // `/v1/environments/events` is the live channel, not a device: such a row is the listing's.
-    if (detail.deviceId === "events") return;
     const gen = state.generation;
     let row;
     try {
-      row = await api("/v1/environments/" + encodeURIComponent(detail.deviceId));
+      row = await api("/v1/environments/" + encodeURIComponent(detail.id));
     } catch (error) {
       if (gen !== state.generation || state.detail !== detail) return;
       if (error instanceof ApiError && error.status === 404) {
@@ -1057,14 +1035,6 @@
     }
     if (gen !== state.generation || state.detail !== detail) return;
     clearError("detail");
-    if (row.id !== detail.id) {
-      // Several listener instances share a device id; the platform returns the first.
-      const note = $("detail-note");
-      note.textContent =
-        "This device runs several listener instances; shown is the one of the listing.";
-      note.hidden = false;
-      return;
-    }
     updateDetail(row);
   }
 

@@ -93,6 +93,7 @@ _ROW_FIELDS = (
     "current_mode",
     "metadata",
     "user_id",
+    "source",
 )
 """The columns of a listing row, named as the EnvironmentRow fields they fill."""
 _ROW_COLUMNS = ", ".join(_ROW_FIELDS)
