@@ -6,7 +6,6 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from agent.cli.completion import PathKind, complete_path
 from agent.protocol.constants import MODES, SOURCES
@@ -108,6 +107,8 @@ def settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> Non
 
 
 def config_flag(parser: argparse.ArgumentParser) -> None:
+    from pathlib import Path  # only for the commands that take it, not for --help or --version
+
     action = parser.add_argument(
         "--config",
         type=Path,

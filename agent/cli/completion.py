@@ -24,14 +24,8 @@ def path_kind(action: argparse.Action) -> PathKind | None:
     return kind
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "completion",
-        help="print a shell's completion script",
-        description="Print the script that completes envagent's commands, flags and their "
-        "values in SHELL. It is static: print it again after an upgrade. The README says "
-        "where each shell looks for it.",
-    )
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """`envagent completion SHELL` (its help is in agent.cli.main, with the other commands')."""
     parser.add_argument("shell", metavar="SHELL", choices=SHELLS, help="%(choices)s")
 
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from agent import __version__
 from agent.cli import completion as cli_completion
-from agent.cli import upgrade as cli_upgrade
 from agent.cli.common import (
     SETTING_FLAGS,
     SUBCOMMANDS_HELP,
@@ -22,9 +20,16 @@ from agent.cli.common import (
     settings_flags,
 )
 from agent.cli.helpformat import HelpFormatter
-from agent.platform.access import ROLES
-from agent.protocol.constants import MODES
+from agent.protocol.constants import MODES, ROLES
 from agent.support import exitcodes
+
+Fill = Callable[[argparse.ArgumentParser], None]
+"""Adds a command's own flags (and subcommands) to its parser."""
+
+if TYPE_CHECKING:
+    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    _SubParsers = argparse._SubParsersAction
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,23 +44,106 @@ class _Parser(argparse.ArgumentParser):
         self.exit(exitcodes.CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Commands(_SubParsers):
+    """The top level's commands, each with a function that adds its flags: called for the
+    command given only, when it is parsed, unless the whole tree is asked for. Building every
+    command's flags costs as much as Python's own start-up, and a command needs its own alone.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fills: dict[str, Fill] = {}
+
+    def add_command(self, name: str, fill: Fill, **kwargs: Any) -> argparse.ArgumentParser:
+        parser = self.add_parser(name, **kwargs)
+        self._fills[name] = fill
+        return parser
+
+    def fill(self, name: str) -> None:
+        fill = self._fills.pop(name, None)
+        if fill is not None:
+            fill(self.choices[name])
+
+    def fill_all(self) -> None:
+        for name in list(self._fills):
+            self.fill(name)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        if isinstance(values, list) and values:
+            self.fill(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def build_parser(lazy: bool = False) -> argparse.ArgumentParser:
+    """The whole parser; `lazy`: each command's flags added only when that command is parsed
+    (what `main` uses)."""
     # Typed as the base class: the subcommands' parsers are made with type(parser) all the same.
     parser: argparse.ArgumentParser = _Parser(
         prog="envagent", description="Make this machine visible to a coding platform."
     )
     parser.add_argument("--version", action="version", version=f"envagent {__version__}")
+    parser.register("action", "parsers", _Commands)
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", help=SUBCOMMANDS_HELP
     )
-
-    run = commands.add_parser(
+    assert isinstance(commands, _Commands)
+    commands.add_command(
         "run",
+        _run_flags,
         help="run the daemon",
         description="Run the daemon: register with the platform, keep its WebSocket open and "
         "serve the local API. Each setting comes from its flag, else its environment variable "
         "(ENVAGENT_<SETTING>, LETTA_API_KEY, LETTA_BASE_URL), else the config file.",
     )
+    commands.add_command("status", _status_flags, help="what the running daemon is doing")
+    commands.add_command("list", _list_flags, help="the environments a listing shows")
+    commands.add_command("mode", _mode_flags, help="get or set the running daemon's mode")
+    commands.add_command(
+        "metadata",
+        lambda metadata: settings_flags(metadata, ["workdir", "client_version"]),
+        help="what this machine would report",
+    )
+    commands.add_command("config", _config_flags, help="the settings in effect")
+    commands.add_command(
+        "doctor",
+        _doctor_flags,
+        help="check everything this machine needs to show up on the platform",
+        description="Check the settings, the way to the platform (DNS, TCP, proxy, TLS), "
+        "registration, the WebSocket upgrade, the clock, node, git, self-update, the service "
+        "and the running daemon; each with a verdict and the fix. Exits 0 when none fails.",
+    )
+    commands.add_command("platform", _platform_parser, help="the reference platform")
+    commands.add_command(
+        "upgrade",
+        _upgrade_flags,
+        help="upgrade this install to the newest release",
+        description="Install the newest release into this envagent's own environment, with "
+        "the environment's pip (or uv), and check that it starts. An editable, system or "
+        "read-only install is refused with the reason, and nothing is changed.",
+    )
+    commands.add_command(
+        "service", _service_flags, help="run envagent as a systemd or launchd service"
+    )
+    commands.add_command(
+        "completion",
+        cli_completion.add_flags,
+        help="print a shell's completion script",
+        description="Print the script that completes envagent's commands, flags and their "
+        "values in SHELL. It is static: print it again after an upgrade. The README says "
+        "where each shell looks for it.",
+    )
+    if not lazy:
+        commands.fill_all()
+    return parser
+
+
+def _run_flags(run: argparse.ArgumentParser) -> None:
     settings_flags(run, list(SETTING_FLAGS))
     run.add_argument(
         "--foreground",
@@ -81,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="if a daemon already serves this identity, print its local API address and exit 0",
     )
 
-    status = commands.add_parser("status", help="what the running daemon is doing")
+
+def _status_flags(status: argparse.ArgumentParser) -> None:
     settings_flags(status, ["listener_instance_id", "base_url"])
     status.add_argument(
         "--json",
@@ -94,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare the platform's row with the daemon's own; exit 1 on a difference",
     )
 
-    listing = commands.add_parser("list", help="the environments a listing shows")
+
+def _list_flags(listing: argparse.ArgumentParser) -> None:
     settings_flags(listing, ["listener_instance_id", "base_url"])
     where = listing.add_mutually_exclusive_group()
     where.add_argument(
@@ -110,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listing.add_argument("--json", action="store_true", help="the rows as JSON, not a table")
 
-    mode = commands.add_parser("mode", help="get or set the running daemon's mode")
+
+def _mode_flags(mode: argparse.ArgumentParser) -> None:
     settings_flags(mode, ["listener_instance_id"])
     mode_commands = mode.add_subparsers(
         dest="mode_command", metavar="ACTION", help="get (what a bare `envagent mode` does) or set"
@@ -121,23 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode_set.add_argument("value", metavar="MODE", choices=MODES, help="%(choices)s")
 
-    metadata = commands.add_parser("metadata", help="what this machine would report")
-    settings_flags(metadata, ["workdir", "client_version"])
 
-    config = commands.add_parser("config", help="the settings in effect")
+def _config_flags(config: argparse.ArgumentParser) -> None:
     config_commands = config.add_subparsers(
         dest="config_command", required=True, metavar="ACTION", help=SUBCOMMANDS_HELP
     )
     show = config_commands.add_parser("show", help="each setting and where it came from")
     settings_flags(show, list(SETTING_FLAGS))
 
-    doctor = commands.add_parser(
-        "doctor",
-        help="check everything this machine needs to show up on the platform",
-        description="Check the settings, the way to the platform (DNS, TCP, proxy, TLS), "
-        "registration, the WebSocket upgrade, the clock, node, git, self-update, the service "
-        "and the running daemon; each with a verdict and the fix. Exits 0 when none fails.",
-    )
+
+def _doctor_flags(doctor: argparse.ArgumentParser) -> None:
     settings_flags(doctor, list(SETTING_FLAGS))
     doctor.add_argument("--json", action="store_true", help="the report as JSON, for tools")
     doctor.add_argument(
@@ -147,17 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="show every check's details, not only failures'",
     )
 
-    _platform_parser(commands)
-    cli_upgrade.register(commands)
-    from agent.cli.service import register as register_service
 
-    register_service(commands)
-    cli_completion.register(commands)
-    return parser
+def _upgrade_flags(parser: argparse.ArgumentParser) -> None:
+    from agent.cli.upgrade import add_flags
+
+    add_flags(parser)
 
 
-def _platform_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    platform = commands.add_parser("platform", help="the reference platform")
+def _service_flags(parser: argparse.ArgumentParser) -> None:
+    from agent.cli.service import add_flags
+
+    add_flags(parser)
+
+
+def _platform_parser(platform: argparse.ArgumentParser) -> None:
+    from pathlib import Path
+
     platform_commands = platform.add_subparsers(
         dest="platform_command", required=True, metavar="ACTION", help=SUBCOMMANDS_HELP
     )
@@ -288,13 +377,16 @@ def _database_flag(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
+    if given == ["--version"]:  # what argparse prints, without its help formatter's imports
+        print(f"envagent {__version__}")
+        raise SystemExit(exitcodes.OK)
+    parser = build_parser(lazy=True)
     if not given:  # a bare `envagent` is someone asking what it does, not a usage error
         parser.print_help()
         return exitcodes.OK
     args = parser.parse_args(given)
-    from agent.daemon.config import ConfigError
-    from agent.protocol.httpapi import ClientError
+    from agent.protocol.views import ClientError
+    from agent.support.settings import ConfigError
 
     handler = _HANDLERS[args.command]
     try:
@@ -353,6 +445,12 @@ def _service(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _upgrade(args: argparse.Namespace) -> int:
+    from agent.cli.upgrade import run
+
+    return run(args)
+
+
 def _completion(args: argparse.Namespace) -> int:
     print(cli_completion.script(build_parser(), args.shell).rstrip("\n"))
     return exitcodes.OK
@@ -368,7 +466,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "doctor": _doctor,
     "platform": _platform,
     "service": _service,
-    "upgrade": cli_upgrade.run,
+    "upgrade": _upgrade,
     "completion": _completion,
 }
 """Each command's handler. Each imports its module when called, so that a command loads only

@@ -14,9 +14,9 @@ INSTALL_SETTINGS = ("workdir", "name", "mode", "base_url")
 DEFAULT_LOG_LINES = 100
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `service install|uninstall|status|logs` to the `envagent` parser."""
-    service = commands.add_parser("service", help="run envagent as a systemd or launchd service")
+def add_flags(service: argparse.ArgumentParser) -> None:
+    """`service install|uninstall|status|logs` under `envagent service`'s parser (its help is
+    in agent.cli.main, with the other commands')."""
     actions = service.add_subparsers(
         dest="service_command",
         required=True,
@@ -104,11 +104,12 @@ def run(args: argparse.Namespace) -> int:
     # Imported here, not with the parser that every `envagent` command builds: the settings
     # load pydantic, and the unit and plist writers more of the standard library than the
     # daemon itself uses.
-    from agent.daemon.config import CONFIG_ENV, load_settings
+    from agent.daemon.config import load_settings
     from agent.service import control
     from agent.service.detect import default_manager
     from agent.service.install import install, uninstall
     from agent.service.target import ServiceError, resolve_target, service_spec
+    from agent.support.settings import CONFIG_ENV
 
     try:
         target = resolve_target(args.manager or default_manager(), args.system, args.run_as)

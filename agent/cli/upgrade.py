@@ -15,14 +15,8 @@ from agent.cli.completion import complete_path
 from agent.support import exitcodes
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "upgrade",
-        help="upgrade this install to the newest release",
-        description="Install the newest release into this envagent's own environment, with "
-        "the environment's pip (or uv), and check that it starts. An editable, system or "
-        "read-only install is refused with the reason, and nothing is changed.",
-    )
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """`envagent upgrade`'s flags (its help is in agent.cli.main, with the other commands')."""
     find_links = parser.add_argument(
         "--find-links",
         dest="upgrade_find_links",
@@ -37,7 +31,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here: every envagent command builds the parser, which imports this module.
     from agent.cli.common import fail
     from agent.daemon.config import load_settings
     from agent.upgrade.install import Outcome, Refused, plan, upgrade
@@ -69,17 +62,19 @@ def _running_daemon_note(instance_id: str | None, old_version: str) -> str | Non
     """A daemon started from this install before the upgrade still runs the old code."""
     from agent.localapi.client import LocalClient
     from agent.machine.selfupdate import detect_self_update
-    from agent.protocol.httpapi import ClientError
+    from agent.protocol.views import ClientError
 
     try:
         client = LocalClient(instance_id)
-        pid = client.status().pid
-        (row,) = client.listing(online_only=False).connections
+        pid = client.status()["pid"]
+        (row,) = client.listing(online_only=False)["connections"]
     except (ClientError, ValueError):  # none runs, it does not answer, or it answers nonsense
         return None
-    report = row.metadata.self_update if row.metadata else None
-    if report is None or report.install_path != detect_self_update().install_path:
-        where = report.install_path if report and report.install_path else "another install"
+    metadata = row.get("metadata")
+    report = metadata.get("self_update") if metadata else None
+    install_path = report.get("install_path") if report else None
+    if report is None or install_path != detect_self_update().install_path:
+        where = install_path or "another install"
         return f"the running daemon (pid {pid}) runs from {where}: this upgrade does not change it"
     return (
         f"the running daemon (pid {pid}) still runs {old_version} from this install: restart "

@@ -13,18 +13,16 @@
   unless `--config` or `ENVAGENT_CONFIG` names another (which must then exist). Unknown keys are
   logged, one warning each, and ignored, so that a typo is visible without stopping the daemon.
 
-Every value, whatever its layer, is validated by the same `Settings` model; a bad one is a
-`ConfigError` with one line naming the setting, where it came from and what is wrong. Relative
-paths are taken from the current directory.
+The layers are merged by agent.support.settings (one copy, also used by the commands that read
+one setting alone). Every value, whatever its layer, is validated by the same `Settings` model;
+a bad one is a `ConfigError` with one line naming the setting, where it came from and what is
+wrong. Relative paths are taken from the current directory.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
-import stat
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,36 +31,32 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
-    StringConstraints,
     ValidationError,
     field_validator,
 )
 
+from agent.protocol.constants import check_text
 from agent.protocol.models import Mode, Source, parse_mode
 from agent.support.loopback import is_loopback_host
-from agent.support.paths import config_dir
+from agent.support.settings import CONFIG_ENV as CONFIG_ENV
+from agent.support.settings import KEY_DEFAULT_SOURCE as KEY_DEFAULT_SOURCE
+from agent.support.settings import LETTA_CLOUD_URL as LETTA_CLOUD_URL
+from agent.support.settings import LOGGER, layered
+from agent.support.settings import ConfigError as ConfigError
 
-logger = logging.getLogger("envagent.config")
+logger = logging.getLogger(LOGGER)
 
-CONFIG_ENV = "ENVAGENT_CONFIG"
-ENV_PREFIX = "ENVAGENT_"
-_LETTA_ENV = {"api_key": "LETTA_API_KEY", "base_url": "LETTA_BASE_URL"}
-LETTA_CLOUD_URL = "https://api.letta.com"
-"""The platform an API key without a base URL is for, as Letta Code and the Letta SDK assume."""
-KEY_DEFAULT_SOURCE = "default for an API key"
-"""The source `base_url` shows when it is LETTA_CLOUD_URL because only a key was given."""
 _KEY_TAIL = 4
 _KEY_TAIL_MIN_LENGTH = 12
 """A shorter key is shown as `****` alone: four characters would be too much of it."""
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-
-
-class ConfigError(Exception):
-    """A setting or the config file is unusable; the message is one line saying which and why."""
+Text = Annotated[str, BeforeValidator(check_text)]
+"""Stripped, 1 to 200 characters: the rule of `check_text`, which the commands that read one
+setting alone apply too."""
 
 
 class Settings(BaseModel):
@@ -174,10 +168,6 @@ class LoadedSettings:
     """The config file read, or that would have been read had it existed."""
 
 
-_Layer = dict[str, tuple[object, str]]
-"""Setting name -> (raw value, where it came from)."""
-
-
 def load_settings(
     flags: Mapping[str, object],
     environ: Mapping[str, str] = os.environ,
@@ -188,21 +178,7 @@ def load_settings(
     `flags` holds the flags the user gave, by setting name (None: not given); `config_path` is
     `--config`. Any other key in `flags` is a programming error (ValueError).
     """
-    unknown = flags.keys() - Settings.model_fields.keys()
-    if unknown:
-        raise ValueError(f"not settings: {', '.join(sorted(unknown))}")
-    config_file, required = _config_file(environ, config_path)
-    layers = (_flag_layer(flags), _env_layer(environ), _file_layer(config_file, required))
-    values: dict[str, object] = {}
-    sources: dict[str, str] = {}
-    for name in Settings.model_fields:
-        given = next((layer[name] for layer in layers if name in layer), None)
-        if given is None:
-            sources[name] = "default"
-        else:
-            values[name], sources[name] = given
-    if "api_key" in values and "base_url" not in values:
-        values["base_url"], sources["base_url"] = LETTA_CLOUD_URL, KEY_DEFAULT_SOURCE
+    values, sources, config_file = layered(flags, environ, config_path)
     try:
         settings = Settings.model_validate(values)
     except ValidationError as exc:
@@ -223,69 +199,6 @@ def render_settings(loaded: LoadedSettings) -> str:
         f"{name} = {_render_value(getattr(loaded.settings, name))}  ({loaded.sources[name]})"
         for name in Settings.model_fields
     )
-
-
-def _config_file(environ: Mapping[str, str], config_path: Path | None) -> tuple[Path, bool]:
-    """The config file and whether it must exist (it must when the user named it)."""
-    named = config_path or (Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None)
-    if named is None:
-        return config_dir() / "config.toml", False
-    return Path(os.path.abspath(named.expanduser())), True
-
-
-def _flag_layer(flags: Mapping[str, object]) -> _Layer:
-    return {
-        name: (value, f"flag --{name.replace('_', '-')}")
-        for name, value in flags.items()
-        if value is not None
-    }
-
-
-def _env_layer(environ: Mapping[str, str]) -> _Layer:
-    layer: _Layer = {}
-    for name in Settings.model_fields:
-        variables = [_LETTA_ENV[name]] if name in _LETTA_ENV else []
-        variables.append(ENV_PREFIX + name.upper())
-        found = next((variable for variable in variables if environ.get(variable)), None)
-        if found is not None:
-            layer[name] = (environ[found], f"env {found}")
-    return layer
-
-
-def _file_layer(path: Path, required: bool) -> _Layer:
-    try:
-        with path.open("rb") as handle:
-            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
-            text = handle.read().decode()
-        document = tomllib.loads(text)
-    except FileNotFoundError:
-        if required:
-            raise ConfigError(f"config file {path}: does not exist") from None
-        return {}
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
-    if "api_key" in document and mode & 0o077:
-        logger.warning(
-            "config file %s holds an API key and others may read it (mode %o): chmod 600 it",
-            path,
-            mode,
-        )
-    source = f"file {path}"
-    layer: _Layer = {}
-    for key, value in document.items():
-        if key in Settings.model_fields:
-            layer[key] = (value, source)
-        else:
-            _warn_unknown_key(path, key)
-    return layer
-
-
-def _warn_unknown_key(path: Path, key: str) -> None:
-    close = difflib.get_close_matches(key, list(Settings.model_fields), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    logger.warning("config file %s: unknown key %r ignored%s", path, key, hint)
 
 
 def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:

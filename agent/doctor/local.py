@@ -9,7 +9,7 @@ from agent.daemon.lock import lock_path, read_holder
 from agent.doctor.results import failed, passed, skipped, warned
 from agent.localapi.client import LocalClient
 from agent.protocol.doctor import CheckResult
-from agent.protocol.httpapi import ClientError
+from agent.protocol.views import ClientError
 from agent.service.probe import installed_services
 
 
@@ -64,14 +64,15 @@ def check_lock(platform_id: str, device_id: str, instance_id: str | None) -> Che
             f"pid {holder.pid} holds the lock but its local API does not answer: {exc}",
             "it may be starting or stuck: envagent status; restart it if it stays so",
         )
-    if status.pid != holder.pid:
-        return skipped("lock", f"pid {holder.pid} holds the lock; pid {status.pid} answers: retry")
-    where = [f"local API {status.local_api}", f"lock {path}"]
-    if status.state != "online":
-        why = f": {status.last_error}" if status.last_error else ""
+    if status["pid"] != holder.pid:
+        answers = status["pid"]
+        return skipped("lock", f"pid {holder.pid} holds the lock; pid {answers} answers: retry")
+    where = [f"local API {status['localApi']}", f"lock {path}"]
+    if status["state"] != "online":
+        why = f": {status['lastError']}" if status["lastError"] else ""
         return failed(
             "lock",
-            f"pid {holder.pid} serves this identity but is {status.state}{why}",
+            f"pid {holder.pid} serves this identity but is {status['state']}{why}",
             "the checks above say where the way to the platform fails; envagent status follows it",
             where,
         )

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+
+from agent.protocol.constants import ROLES as ROLES
+from agent.protocol.constants import Role as Role
 
 log = logging.getLogger("envagent.platform")
 
-Role = Literal["member", "admin"]
-ROLES: tuple[Role, ...] = ("member", "admin")
-"""`member`, the default, steers its own user's rows; `admin` every row of its organization."""
 ADMIN: Role = "admin"
 
 

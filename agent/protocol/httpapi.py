@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import ValidationError
-
-from agent.protocol.models import ErrorReply, ListQuery, ListQueryError
+from agent.protocol.models import ListQuery, ListQueryError
+from agent.protocol.views import ClientError as ClientError
+from agent.protocol.views import explain as explain
 
 
 class ApiError(Exception):
@@ -19,18 +19,6 @@ class ApiError(Exception):
         self.status = status
         self.error = error
         self.message = message
-
-
-class ClientError(Exception):
-    """Something a client (the CLI) cannot do; the message is the one line it prints."""
-
-
-def explain(content: bytes, status: int) -> str:
-    """An error answer's own one-line message, else its status."""
-    try:
-        return ErrorReply.model_validate_json(content).message
-    except ValidationError:
-        return f"HTTP {status}"
 
 
 def bearer_token(header: str) -> str | None:

@@ -25,10 +25,12 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic_core import from_json
 
+from agent.protocol.constants import MAX_NAME_CHARS as MAX_NAME_CHARS
 from agent.protocol.constants import MODES as MODES
 from agent.protocol.constants import SOURCES as SOURCES
 from agent.protocol.constants import Mode as Mode
 from agent.protocol.constants import Source as Source
+from agent.protocol.constants import is_online
 
 DEFAULT_LIST_LIMIT = 50
 MAX_LIST_LIMIT = 100
@@ -36,8 +38,6 @@ _LIMIT_TEXT = re.compile(r"[0-9]{1,3}")
 """ASCII digits only, and few of them: `str.isdigit` takes `²` and Arabic-Indic digits, and
 `int()` refuses (with an exception) numbers past its digit limit."""
 
-MAX_NAME_CHARS = 200
-"""One cap for device ids, listener instance ids and connection names, wherever they arrive."""
 Identifier = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 ConnectionName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 
@@ -166,12 +166,8 @@ class EnvironmentRow(CamelModel):
     source: Source | None = None
 
     def is_online(self, now_ms: int, window_ms: int) -> bool:
-        """The Letta online rule: a connection id and a heartbeat younger than the window."""
-        return (
-            bool(self.connection_id)
-            and self.last_heartbeat is not None
-            and now_ms - self.last_heartbeat < window_ms
-        )
+        """The Letta online rule (constants.is_online), on this row."""
+        return is_online(self.connection_id, self.last_heartbeat, now_ms, window_ms)
 
 
 class EnvironmentList(CamelModel):

@@ -150,3 +150,35 @@ def test_an_option_that_takes_a_path_is_completed_as_one() -> None:
         if action.metavar == "DIR" and kind != "directory":
             wrong.append(f"{named(parser, action)}: completed as {kind}, not a directory")
     assert not wrong, f"a path the shells would not complete: {wrong}"
+
+
+def test_the_lazy_parser_main_uses_parses_every_command_as_the_whole_tree_does() -> None:
+    """`main` adds a command's flags only when that command is parsed: each command line, one
+    for every command and action, comes out the same as from the parser built whole."""
+    lines = [
+        ["run", "--mode", "acceptEdits", "--name", "box", "--foreground", "--debug"],
+        ["status", "--json", "--listener-instance-id", "work"],
+        ["list", "--local", "--online-only", "--json"],
+        ["mode", "set", "bypassPermissions"],
+        ["mode", "get"],
+        ["metadata", "--workdir", "/tmp"],
+        ["config", "show", "--source", "remote"],
+        ["doctor", "--json"],
+        ["platform", "serve", "--port", "0"],
+        ["upgrade", "--dry-run"],
+        ["service", "install", "--user"],
+        ["completion", "bash"],
+    ]
+    whole = build_parser()
+    assert {line[0] for line in lines} == set(_commands(whole))
+    for line in lines:
+        assert build_parser(lazy=True).parse_args(line) == whole.parse_args(line), line
+    lazy = build_parser(lazy=True)
+    assert set(_commands(lazy)) == set(_commands(whole))  # listed before any is parsed
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[str]:
+    (commands,) = [
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    ]
+    return list(commands.choices)

@@ -26,11 +26,18 @@ print(json.dumps(sorted(sys.modules)))
 
 NEVER_FOR_HELP = (
     "pydantic", "httpx", "h11", "websockets", "aiohttp", "psutil", "prometheus_client", "shtab",
-    "truststore", "git", "agent.daemon", "agent.localapi", "agent.upgrade", "agent.doctor",
-    "agent.platform.store", "agent.platform.server", "agent.service.target",
-    "agent.service.install",
+    "truststore", "git", "logging", "dataclasses", "agent.daemon", "agent.localapi",
+    "agent.upgrade", "agent.doctor", "agent.platform", "agent.service", "agent.support.files",
+    "agent.cli.upgrade", "agent.cli.service", "agent.cli.inspection",
 )  # fmt: skip
-"""`--version`, `--help` and usage errors: the parser alone."""
+"""`--version`, `--help` and usage errors: the parser alone, from plain constants."""
+NEVER_FOR_DAEMON_QUESTIONS = (
+    "pydantic", "pydantic_core", "httpx", "httpcore", "anyio", "http.client", "email",
+    "agent.daemon", "agent.platform", "agent.service", "agent.protocol.models",
+    "agent.protocol.httpapi",
+)  # fmt: skip
+"""`status`, `status --json`, `mode get`, `mode set`, `list --local`: what coding tools call
+often; the daemon's answer read with json and the typed views, over h11."""
 NEVER_FOR_INSPECTION = (
     "websockets", "aiohttp", "psutil", "prometheus_client", "shtab", "truststore",
     "agent.daemon.core", "agent.daemon.link", "agent.daemon.session", "agent.daemon.embedded",
@@ -82,7 +89,32 @@ def test_commands_that_look_load_no_run_loop_platform_or_service(
     assert offending(loaded, NEVER_FOR_INSPECTION) == []
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status"],
+        ["status", "--json"],
+        ["mode", "get"],
+        ["mode", "set", "standard"],
+        ["list", "--local"],
+        ["list", "--local", "--json", "--online-only"],
+    ],
+)
+def test_commands_that_ask_the_daemon_load_no_pydantic_nor_http_library(
+    argv: list[str], tmp_path: Path
+) -> None:
+    """Run against an address nothing answers at, so that the client's whole path is taken."""
+    state = tmp_path / "state" / "envagent"
+    state.mkdir(parents=True, mode=0o700)
+    (state / "local-api.json").write_text(json.dumps({"url": "http://127.0.0.1:9"}))
+    (state / "local-api.json").chmod(0o600)
+    loaded = loaded_by(argv, tmp_path)
+    assert {"agent.localapi.client", "h11", "agent.protocol.views"} <= loaded
+    assert offending(loaded, NEVER_FOR_DAEMON_QUESTIONS) == []
+
+
 def test_the_check_sees_what_a_command_loads(tmp_path: Path) -> None:
     """`list --platform` does load the platform's client: the lists above would catch it."""
     loaded = loaded_by(["list", "--platform", "--base-url", "http://127.0.0.1:9"], tmp_path)
     assert offending(loaded, NEVER_FOR_INSPECTION) == ["agent.platform.client"]
+    assert "pydantic" in offending(loaded, NEVER_FOR_DAEMON_QUESTIONS)

@@ -522,3 +522,27 @@ def test_a_flag_that_is_not_a_setting_is_a_programming_error() -> None:
 def test_the_platform_s_repr_leaves_the_key_out() -> None:
     shown = repr(Platform("https://api.letta.com", "sk-secret-key-1234", embedded=False))
     assert "sk-secret-key-1234" not in shown and "https://api.letta.com" in shown
+
+
+def test_the_layering_names_every_setting_of_the_model() -> None:
+    from agent.support.settings import SETTING_NAMES
+
+    assert tuple(Settings.model_fields) == SETTING_NAMES
+
+
+def test_one_setting_alone_has_the_models_rule_and_ignores_the_others(config_file: Path) -> None:
+    from agent.cli.settings import text_setting
+
+    write_config(config_file, 'mode = "turbo"\nlistener_instance_id = "  work "\n')
+    assert (
+        text_setting("listener_instance_id", {}, environ={}) == "work"
+    )  # mode is not its business
+    assert config_error().startswith("mode from file")
+    for value, problem in ((5, "Input should be a valid string"), ("x" * 201, "at most 200")):
+        with pytest.raises(ConfigError) as raised:
+            text_setting("listener_instance_id", {"listener_instance_id": value}, environ={})
+        assert problem in str(raised.value)
+        assert str(raised.value).startswith("listener_instance_id from flag --listener-instance-id")
+        with pytest.raises(ConfigError) as full:
+            load({"listener_instance_id": value})
+        assert str(full.value).endswith("; " + str(raised.value))  # after the file's bad mode

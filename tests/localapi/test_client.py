@@ -47,10 +47,10 @@ async def test_status_listing_and_mode_of_a_real_daemon(platform: Platform, spaw
     status = await daemon.wait_status(online)
     client = await off_the_loop(lambda: LocalClient(None))
     assert client.url == await daemon.local_url()
-    assert (await off_the_loop(client.status)).pid == daemon.process.pid
+    assert (await off_the_loop(client.status))["pid"] == daemon.process.pid
     for online_only in (False, True):
         listed = await off_the_loop(lambda: client.listing(online_only))  # noqa: B023
-        assert [row.device_id for row in listed.connections] == [status["deviceId"]]
+        assert [row["deviceId"] for row in listed["connections"]] == [status["deviceId"]]
     assert await off_the_loop(client.get_mode) == "default"
     assert await off_the_loop(lambda: client.set_mode("acceptEdits")) == "acceptEdits"
     assert (await daemon.status())["mode"] == "acceptEdits"
@@ -145,7 +145,7 @@ async def test_an_address_nothing_answers_at_is_one_line() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     write_address(url)
     message = await refusal(lambda: LocalClient(None).status())
-    assert message.startswith(f"the daemon at {url} does not answer: ConnectError(")
+    assert message.startswith(f"the daemon at {url} does not answer: ConnectionRefusedError(")
 
 
 async def test_another_program_at_the_address_is_one_line_not_a_traceback(
@@ -188,3 +188,107 @@ async def test_another_program_at_the_address_is_one_line_not_a_traceback(
             )
     finally:
         await runner.cleanup()
+
+
+async def serving(answer: bytes, where: Path | None = None) -> tuple[asyncio.Server, str]:
+    """A real server on 127.0.0.1 (or a Unix socket at `where`) that reads a request's head and
+    writes `answer` as it is, then closes; its address as the daemon writes it."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    if where is not None:
+        server = await asyncio.start_unix_server(handle, str(where))
+        return server, f"unix:{where}"
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def http(body: bytes, status: str = "200 OK") -> bytes:
+    return f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+async def test_a_unix_socket_address_is_used(tmp_path: Path) -> None:
+    server, url = await serving(http(b'{"mode": "acceptEdits"}'), tmp_path / "api.sock")
+    async with server:
+        write_address(url)
+        assert await off_the_loop(lambda: LocalClient(None).get_mode()) == "acceptEdits"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        http(b"not json"),
+        http(b'{"mode": "turbo"}'),
+        http(b"[" * 5000 + b"]" * 5000),
+        b"HTTP/1.1 200 OK\r\n\r\n" + b'{"mode": "standard", "more": 1}',  # ends at the close
+    ],
+    ids=["not-json", "unknown-mode", "deep", "no-length"],
+)
+async def test_a_malformed_answer_is_one_line(answer: bytes) -> None:
+    server, url = await serving(answer)
+    async with server:
+        write_address(url)
+        if answer.endswith(b"1}"):  # delimited by the close: a good answer after all
+            assert await off_the_loop(lambda: LocalClient(None).get_mode()) == "standard"
+            return
+        assert await refusal(lambda: LocalClient(None).get_mode()) == (
+            f"the answer of {url} to GET /v1/mode is not an envagent daemon's; "
+            "is another program at that address?"
+        )
+
+
+@pytest.mark.parametrize(
+    ("answer", "cause"),
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "RemoteProtocolError("),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{}", "RemoteProtocolError("),
+        (b"", "RemoteProtocolError("),
+    ],
+    ids=["not-http", "cut-short", "closed"],
+)
+async def test_what_is_not_http_is_one_line(answer: bytes, cause: str) -> None:
+    server, url = await serving(answer)
+    async with server:
+        write_address(url)
+        message = await refusal(lambda: LocalClient(None).status())
+        assert message.startswith(f"the daemon at {url} does not answer: {cause}")
+        assert "\n" not in message
+
+
+async def test_an_error_answer_gives_its_own_message() -> None:
+    body = b'{"error": "busy", "message": "try later"}'
+    server, url = await serving(http(body, "503 Service Unavailable"))
+    async with server:
+        write_address(url)
+        assert await refusal(lambda: LocalClient(None).status()) == (
+            f"the daemon at {url} refused GET /v1/status: try later"
+        )
+
+
+async def test_a_peer_that_never_answers_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("agent.localapi.client.TIMEOUT_S", 0.3)
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # never answers, never closes
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    async with server:
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        write_address(url)
+        message = await refusal(lambda: LocalClient(None).status())
+        assert message.startswith(f"the daemon at {url} does not answer: TimeoutError(")
+        for writer in accepted:
+            writer.close()
+
+
+@pytest.mark.parametrize("url", ["https://127.0.0.1:1", "http://127.0.0.1", "unix:", "ftp://x:1"])
+def test_an_address_that_is_neither_http_nor_unix_is_damaged(url: str) -> None:
+    path = write_address(url)
+    with pytest.raises(ClientError) as raised:
+        LocalClient(None)
+    assert str(raised.value) == f"{path} is damaged; restart the daemon"
