@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
-import shlex
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-log = logging.getLogger("envagent")
 
 _NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 """Open flags for a private file: a symlink fails (ELOOP) and a fifo does not block the open."""
@@ -74,22 +69,29 @@ def _check_private_dir(path: Path, fd: int) -> None:
     """The checks of `private_dir`, on the open folder so that a swapped path changes nothing."""
     info = os.fstat(fd)
     mode = stat.S_IMODE(info.st_mode)
-    quoted = shlex.quote(str(path))
     if info.st_uid != os.geteuid():
         raise UnusableFile(
             f"{path} is owned by uid {info.st_uid}, not by this user (uid {os.geteuid()}): "
-            f"run `sudo chown {os.geteuid()} {quoted}` or use another XDG_STATE_HOME; "
+            f"run `sudo chown {os.geteuid()} {_quoted(path)}` or use another XDG_STATE_HOME; "
             "refusing to trust files in it"
         )
     if mode & 0o022:
         who = "others" if mode & 0o002 else "its group"
         raise UnusableFile(
-            f"{path} is writable by {who} (mode {mode:04o}): run `chmod 700 {quoted}`; "
+            f"{path} is writable by {who} (mode {mode:04o}): run `chmod 700 {_quoted(path)}`; "
             "refusing to trust files in it"
         )
     if mode & 0o077:
         os.fchmod(fd, 0o700)
-        log.info("%s was mode %04o; made it 0700", path, mode)
+        import logging  # the commands that only read files load no logging
+
+        logging.getLogger("envagent").info("%s was mode %04o; made it 0700", path, mode)
+
+
+def _quoted(path: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
 
 
 def _open_checked(path: Path, flags: int) -> tuple[int, int]:
@@ -168,6 +170,8 @@ def write_private(path: Path, data: bytes) -> None:
 
     The new file is renamed over the old name, so a symlink there is replaced, not followed."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    import tempfile  # writers only: the commands that read files do without it
+
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)

@@ -1,6 +1,5 @@
 """Where envagent keeps its files, following the XDG base directory rules."""
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -36,6 +35,8 @@ def instance_file(stem: str, instance_id: str | None, suffix: str = "") -> Path:
         return state_dir() / f"{stem}{suffix}"
     name = instance_id
     if not _SAFE_INSTANCE_ID.fullmatch(instance_id):
+        import hashlib  # loads OpenSSL: only for the rare id that is not a plain name
+
         digest = hashlib.sha256(instance_id.encode()).hexdigest()[:12]
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", instance_id)[:48] + "-" + digest
     return state_dir() / f"{stem}-{name}{suffix}"
