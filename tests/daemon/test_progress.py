@@ -11,7 +11,9 @@ METADATA = Metadata(os="linux", working_directory="/srv")
 
 
 def _row(progress: Progress) -> EnvironmentRow:
-    return progress.own_row(STATE, name="laptop", mode="acceptEdits", metadata=METADATA)
+    return progress.own_row(
+        STATE, name="laptop", mode="acceptEdits", metadata=METADATA, source="local"
+    )
 
 
 def _online(**fields: object) -> Progress:
