@@ -10,24 +10,18 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from agent.platform.server import PlatformServer
-from agent.platform.settings import PlatformSettings
-from tests.daemon_helpers import DaemonProcess, NotifySocket, Spawn, kill_all, start_daemon
-from tests.helpers import Platform
+from tests.daemon_helpers import NotifySocket, Spawn, running_daemons
+from tests.helpers import Platform, StartPlatform, running_platforms
 from tests.pod_helpers import PodProcess, spawn_pod
 
 # A plugin rather than an import, so that pytest rewrites its asserts and ruff sees no unused
 # names: `postgres_server` (session) and `postgres_url` (a fresh database per test).
 pytest_plugins = ["tests.postgres"]
 
-StartPlatform = Callable[..., Awaitable[Platform]]
 StartPod = Callable[..., Awaitable[PodProcess]]
 
 
@@ -41,21 +35,8 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 async def start_platform(tmp_path: Path) -> AsyncIterator[StartPlatform]:
     """Start a platform with settings overridden by keyword; `db` may be reused to restart."""
-    servers: list[PlatformServer] = []
-    async with httpx.AsyncClient(timeout=10) as http:
-
-        async def start(**overrides: Any) -> Platform:
-            settings = replace(PlatformSettings(db=tmp_path / "platform.db", port=0), **overrides)
-            server = PlatformServer(settings)
-            await server.start()
-            servers.append(server)
-            key_file = settings.dev_key_file
-            key = key_file.read_text().strip() if key_file.exists() else ""
-            return Platform(server, key, http)
-
+    async with running_platforms(tmp_path) as start:
         yield start
-        for server in servers:
-            await server.stop()
 
 
 @pytest.fixture
@@ -99,33 +80,9 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
-    """Start `envagent run` processes (killed after the test if still running).
-
-    With a platform URL and key they go in LETTA_BASE_URL and LETTA_API_KEY; without, the
-    daemon starts its embedded platform. Heartbeats are 200 ms unless `--heartbeat-ms` is given
-    or `heartbeat_ms=None` leaves the platform's period.
-    """
-    started: list[DaemonProcess] = []
-
-    async def start(
-        platform_url: str | None,
-        key: str | None,
-        *args: str,
-        state: str = "daemon",
-        cwd: Path | None = None,
-        heartbeat_ms: str | None = "200",
-        instance: str | None = None,
-    ) -> DaemonProcess:
-        env = {"LETTA_BASE_URL": platform_url or "", "LETTA_API_KEY": key or ""}
-        period = ["--heartbeat-ms", heartbeat_ms] if heartbeat_ms else []
-        daemon = await start_daemon(
-            tmp_path / state, *period, *args, env=env, cwd=cwd or tmp_path, instance=instance
-        )
-        started.append(daemon)
-        return daemon
-
-    yield start
-    await kill_all(started)
+    """Start `envagent run` processes (`running_daemons`), killed after the test."""
+    async with running_daemons(tmp_path) as start:
+        yield start
 
 
 @pytest.fixture(params=["path", "abstract"])

@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,3 +247,37 @@ class NotifySocket:
 
 
 Spawn = Callable[..., Awaitable[DaemonProcess]]
+
+
+@contextlib.asynccontextmanager
+async def running_daemons(folder: Path) -> AsyncIterator[Spawn]:
+    """Start `envagent run` processes, state and working folders under `folder`, all killed on
+    leaving if still running: the body of the `spawn` fixtures.
+
+    With a platform URL and key they go in LETTA_BASE_URL and LETTA_API_KEY; without, the
+    daemon starts its embedded platform. Heartbeats are 200 ms unless `--heartbeat-ms` is given
+    or `heartbeat_ms=None` leaves the platform's period.
+    """
+    started: list[DaemonProcess] = []
+
+    async def start(
+        platform_url: str | None,
+        key: str | None,
+        *args: str,
+        state: str = "daemon",
+        cwd: Path | None = None,
+        heartbeat_ms: str | None = "200",
+        instance: str | None = None,
+    ) -> DaemonProcess:
+        env = {"LETTA_BASE_URL": platform_url or "", "LETTA_API_KEY": key or ""}
+        period = ["--heartbeat-ms", heartbeat_ms] if heartbeat_ms else []
+        daemon = await start_daemon(
+            folder / state, *period, *args, env=env, cwd=cwd or folder, instance=instance
+        )
+        started.append(daemon)
+        return daemon
+
+    try:
+        yield start
+    finally:
+        await kill_all(started)

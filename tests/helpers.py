@@ -9,7 +9,8 @@ import os
 import socket
 import stat
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from agent.platform.server import PlatformServer
+from agent.platform.settings import PlatformSettings
 
 WAIT_S = 10.0
 
@@ -199,3 +201,29 @@ def make_repo(path: Path, branch: str = "main", commit: bool = True) -> Path:
     if commit:
         git(path, "commit", "--quiet", "--allow-empty", "--message", "first")
     return path
+
+
+StartPlatform = Callable[..., Awaitable[Platform]]
+
+
+@asynccontextmanager
+async def running_platforms(folder: Path) -> AsyncIterator[StartPlatform]:
+    """Start platforms with settings overridden by keyword (`db` may be reused to restart),
+    on ephemeral ports, all stopped on leaving: the body of the `start_platform` fixtures."""
+    servers: list[PlatformServer] = []
+    async with httpx.AsyncClient(timeout=10) as http:
+
+        async def start(**overrides: Any) -> Platform:
+            settings = replace(PlatformSettings(db=folder / "platform.db", port=0), **overrides)
+            server = PlatformServer(settings)
+            await server.start()
+            servers.append(server)
+            key_file = settings.dev_key_file
+            key = key_file.read_text().strip() if key_file.exists() else ""
+            return Platform(server, key, http)
+
+        try:
+            yield start
+        finally:
+            for server in servers:
+                await server.stop()

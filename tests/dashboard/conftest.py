@@ -6,7 +6,8 @@ A browser shared by a module lives in the module's event loop (Playwright's obje
 the loop that made them), so every test here runs in that loop (`pytestmark` in each module,
 `asyncio(loop_scope="module")`), and so must the platform and the daemons it talks to. The
 shared `start_platform` and `spawn` fixtures of tests/conftest.py run in each test's own loop,
-hence the twins below: the same real `PlatformServer` and `start_daemon`, in the module's loop.
+hence fixtures of the module's loop below, over the same `running_platforms` and
+`running_daemons`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 import pytest_asyncio
 from playwright.async_api import (
@@ -34,11 +34,9 @@ from playwright.async_api import (
     expect,
 )
 
-from agent.platform.server import PlatformServer
-from agent.platform.settings import PlatformSettings
-from tests.daemon_helpers import DaemonProcess, kill_all, start_daemon
+from tests.daemon_helpers import Spawn, running_daemons
 from tests.dashboard.browser import CHROMIUM, launch
-from tests.helpers import Platform
+from tests.helpers import Platform, StartPlatform, running_platforms
 
 LIVE_S = 2.0
 """The requirement: a change shows on the page within 2 s, without a reload."""
@@ -46,8 +44,6 @@ LIVE_MS = LIVE_S * 1000
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT = REPO / "test-output"
 
-StartPlatform = Callable[..., Awaitable[Platform]]
-Spawn = Callable[..., Awaitable[DaemonProcess]]
 
 ALLOWED = [
     ("GET", re.compile(r"/|/(index\.html|app\.js|style\.css|favicon\.svg)")),
@@ -172,21 +168,8 @@ async def open_session(browser: Browser) -> AsyncIterator[OpenSession]:
 @pytest_asyncio.fixture(loop_scope="module")
 async def start_platform(tmp_path: Path) -> AsyncIterator[StartPlatform]:
     """tests/conftest.py's `start_platform`, in the module's loop."""
-    servers: list[PlatformServer] = []
-    async with httpx.AsyncClient(timeout=10) as http:
-
-        async def start(**overrides: Any) -> Platform:
-            settings = replace(PlatformSettings(db=tmp_path / "platform.db", port=0), **overrides)
-            server = PlatformServer(settings)
-            await server.start()
-            servers.append(server)
-            key_file = settings.dev_key_file
-            key = key_file.read_text().strip() if key_file.exists() else ""
-            return Platform(server, key, http)
-
+    async with running_platforms(tmp_path) as start:
         yield start
-        for server in servers:
-            await server.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -196,22 +179,9 @@ async def platform(start_platform: StartPlatform) -> Platform:
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
-    """tests/conftest.py's `spawn`, in the module's loop: `envagent run` processes against a
-    platform, 200 ms heartbeats, killed after the test if still running."""
-    started: list[DaemonProcess] = []
-
-    async def start(
-        platform_url: str, key: str, *args: str, state: str = "daemon", cwd: Path | None = None
-    ) -> DaemonProcess:
-        env = {"LETTA_BASE_URL": platform_url, "LETTA_API_KEY": key}
-        daemon = await start_daemon(
-            tmp_path / state, "--heartbeat-ms", "200", *args, env=env, cwd=cwd or tmp_path
-        )
-        started.append(daemon)
-        return daemon
-
-    yield start
-    await kill_all(started)
+    """tests/conftest.py's `spawn`, in the module's loop."""
+    async with running_daemons(tmp_path) as start:
+        yield start
 
 
 async def signed_in(
