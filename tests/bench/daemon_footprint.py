@@ -31,6 +31,7 @@ from tests.bench.fixtures import (
     make_repo,
     start_daemon,
     start_platform,
+    wait_offline,
     wait_online,
 )
 from tests.bench.plan import Plan
@@ -54,6 +55,8 @@ TRACEMALLOC_WAIT_S = 180.0
 """Start-up under tracemalloc is slower, and grouping its snapshot takes a while."""
 TLS_RSS_BUDGET = Budget(40, "budget: RSS <= 40 MiB after start against a TLS platform")
 TLS_PSS_BUDGET = Budget(30, "budget: PSS <= 30 MiB after start against a TLS platform")
+OFFLINE_WAIT_S = 10.0
+"""For the previous start's row to go offline before the next start."""
 SETTLE_S = 2.0
 """After online, before measuring: the first status report and the start-up threads finish."""
 POLL_ONLINE_S = 0.01
@@ -116,7 +119,7 @@ async def _startup_and_idle(
     wakeups: list[float] = []
     threads: list[float] = []
     for index in range(plan.startup_runs):
-        await _wait_offline(http, platform, "bench-idle")
+        await wait_offline(http, platform, "bench-idle", OFFLINE_WAIT_S)
         started = time.perf_counter()
         daemon = await start_daemon(
             workspace, platform, name="bench-idle", state_home=state_home, workdir=repo
@@ -185,7 +188,7 @@ async def _tls_startup(
     connector = aiohttp.TCPConnector(ssl=authority.client_context())
     async with aiohttp.ClientSession(connector=connector) as https:
         for _ in range(plan.startup_runs):
-            await _wait_offline(https, platform, "bench-tls")
+            await wait_offline(https, platform, "bench-tls", OFFLINE_WAIT_S)
             started = time.perf_counter()
             daemon = await start_daemon(
                 workspace,
@@ -311,16 +314,6 @@ async def _listed_online(
             if not daemon.child.running:
                 raise BenchError(f"{daemon.name} exited:\n{daemon.child.tail()}")
             await asyncio.sleep(POLL_ONLINE_S)
-
-
-async def _wait_offline(http: aiohttp.ClientSession, platform: PlatformProcess, name: str) -> None:
-    """The previous start's row must be offline, or the next start would be seen at once."""
-    async with asyncio.timeout(10.0):
-        while True:
-            page = await platform.listing(http, onlineOnly="true", limit="100")
-            if all(row.connection_name != name for row in page.connections):
-                return
-            await asyncio.sleep(0.05)
 
 
 async def _heartbeats(

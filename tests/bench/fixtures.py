@@ -214,6 +214,19 @@ async def start_daemon(
     return DaemonProcess(child, name, state_home)
 
 
+async def wait_offline(
+    http: aiohttp.ClientSession, platform: PlatformProcess, name: str, within_s: float
+) -> None:
+    """Wait until the platform lists no online row named `name`: a restart measured while the
+    previous start's row is still online would be seen online at once."""
+    async with asyncio.timeout(within_s):
+        while True:
+            page = await platform.listing(http, onlineOnly="true", limit="100")
+            if all(row.connection_name != name for row in page.connections):
+                return
+            await asyncio.sleep(0.05)
+
+
 async def wait_online(
     http: aiohttp.ClientSession, daemon: DaemonProcess, within_s: float = START_WAIT_S
 ) -> DaemonStatus:

@@ -38,7 +38,13 @@ from typing import Any
 import aiohttp
 
 from tests.bench.cli_speed import REFERENCE, launch
-from tests.bench.fixtures import PlatformProcess, make_repo, start_daemon, start_platform
+from tests.bench.fixtures import (
+    PlatformProcess,
+    make_repo,
+    start_daemon,
+    start_platform,
+    wait_offline,
+)
 from tests.bench.plan import Plan
 from tests.bench.procs import BenchError, Child, Memory, Workspace, memory
 from tests.bench.report import Budget, Figure, Section
@@ -209,16 +215,6 @@ async def listed_online(
             await asyncio.sleep(POLL_S)
 
 
-async def wait_offline(http: aiohttp.ClientSession, platform: PlatformProcess, name: str) -> None:
-    """The previous start's row must be offline, or the next start would be seen at once."""
-    async with asyncio.timeout(ONLINE_WAIT_S):
-        while True:
-            page = await platform.listing(http, onlineOnly="true", limit="100")
-            if all(row.connection_name != name for row in page.connections):
-                return
-            await asyncio.sleep(0.05)
-
-
 async def measure_start(
     http: aiohttp.ClientSession,
     platform: PlatformProcess,
@@ -226,7 +222,7 @@ async def measure_start(
     start: Starter,
 ) -> Start:
     """Exec -> online of what `start()` spawns, then its memory once settled; stopped after."""
-    await wait_offline(http, platform, name)
+    await wait_offline(http, platform, name, ONLINE_WAIT_S)
     started = time.perf_counter()
     child = await start()
     try:
