@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import sys
-import time
 from collections.abc import Sequence
 
 OWN = ("agent", "tests", "__main__")
@@ -86,16 +86,16 @@ def _fork_pytest(server: socket.socket, args: list[str], fds: list[int]) -> int:
         os._exit(int(code))
     for fd in fds:
         os.close(fd)
-    deadline = time.monotonic() + CHILD_TIMEOUT_S
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return 1
-        time.sleep(0.01)
+    watch = os.pidfd_open(pid)  # readable once the child has exited
+    try:
+        exited = select.select([watch], [], [], CHILD_TIMEOUT_S)[0]
+    finally:
+        os.close(watch)
+    if not exited:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return 1
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def client(address: str, pytest_args: Sequence[str]) -> int:
