@@ -9,8 +9,8 @@ import os
 import socket
 import stat
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,6 +58,16 @@ async def wait_for(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {within} s; last value: {value!r}")
         await asyncio.sleep(0.02)
+
+
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """An ephemeral port held, bound but not listening, for the block: a connection to it is
+    refused at once, and nothing else can start listening there meanwhile."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port: int = held.getsockname()[1]
+        yield port
 
 
 def free_port() -> int:

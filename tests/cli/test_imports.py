@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import WAIT_S
+from tests.helpers import WAIT_S, refusing_port
 
 LOADED_AFTER = """
 import json, sys
@@ -106,15 +106,18 @@ def test_commands_that_ask_the_daemon_load_no_pydantic_nor_http_library(
     """Run against an address nothing answers at, so that the client's whole path is taken."""
     state = tmp_path / "state" / "envagent"
     state.mkdir(parents=True, mode=0o700)
-    (state / "local-api.json").write_text(json.dumps({"url": "http://127.0.0.1:9"}))
-    (state / "local-api.json").chmod(0o600)
-    loaded = loaded_by(argv, tmp_path)
+    with refusing_port() as port:
+        (state / "local-api.json").write_text(json.dumps({"url": f"http://127.0.0.1:{port}"}))
+        (state / "local-api.json").chmod(0o600)
+        loaded = loaded_by(argv, tmp_path)
     assert {"agent.localapi.client", "h11", "agent.protocol.views"} <= loaded
     assert offending(loaded, NEVER_FOR_DAEMON_QUESTIONS) == []
 
 
 def test_the_check_sees_what_a_command_loads(tmp_path: Path) -> None:
     """`list --platform` does load the platform's client: the lists above would catch it."""
-    loaded = loaded_by(["list", "--platform", "--base-url", "http://127.0.0.1:9"], tmp_path)
+    with refusing_port() as port:
+        base_url = f"http://127.0.0.1:{port}"
+        loaded = loaded_by(["list", "--platform", "--base-url", base_url], tmp_path)
     assert offending(loaded, NEVER_FOR_INSPECTION) == ["agent.platform.client"]
     assert "pydantic" in offending(loaded, NEVER_FOR_DAEMON_QUESTIONS)

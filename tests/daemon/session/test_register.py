@@ -17,6 +17,7 @@ from agent.daemon.session.register import (
     register_once,
 )
 from agent.protocol.models import Metadata, RegisterReply, RegisterRequest
+from tests.helpers import refusing_port
 
 REQUEST = RegisterRequest(
     device_id="dev-1",
@@ -105,9 +106,10 @@ async def test_the_request_is_what_the_protocol_says(server: tuple[str, Script])
 
 
 async def test_network_errors_are_transient() -> None:
+    refused = pytest.raises(TransientRegistrationError, match="cannot reach")
     async with httpx.AsyncClient() as client:
-        with pytest.raises(TransientRegistrationError, match="cannot reach"):
-            await register_once(client, "http://127.0.0.1:9", "k", REQUEST)
+        with refusing_port() as port, refused:
+            await register_once(client, f"http://127.0.0.1:{port}", "k", REQUEST)
 
 
 @pytest.mark.parametrize(
