@@ -111,7 +111,7 @@ async def test_update_device_status_is_folded_into_the_row(platform: Platform) -
         }
     )
     row = await wait_for(
-        lambda: platform.row("dev-1"), lambda r: r["currentMode"] == "bypassPermissions"
+        lambda: platform.row("dev-1"), lambda r: r.get("currentMode") == "bypassPermissions"
     )
     assert row["connectionName"] == "new-name"
     assert row["metadata"] == {
