@@ -135,10 +135,7 @@ async def retrieve_environment(request: web.Request) -> web.Response:
     instances), else by `deviceId`, as Letta's SDK asks for it."""
     key = await authenticate(request)
     name = request.match_info["device_id"]
-    store = request.app[STORE_KEY]
-    row = await store.get(key.organization_id, name) or await store.get_by_device(
-        key.organization_id, name
-    )
+    row = await request.app[STORE_KEY].get_by_name(key.organization_id, name)
     if row is None:
         raise ApiError(404, "not_found", f"no environment with id or deviceId {name!r}")
     return web.json_response(row.to_wire())

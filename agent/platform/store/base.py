@@ -568,14 +568,17 @@ class Store(ABC):
         )
         return [_to_row(row) for row in found]
 
-    async def get_by_device(self, organization_id: str, device_id: str) -> EnvironmentRow | None:
-        """The row of this device; the one without a listener instance id comes first."""
+    async def get_by_name(self, organization_id: str, name: str) -> EnvironmentRow | None:
+        """The row whose `id` is `name`, else the row of the device `name` (the one without a
+        listener instance id first), in one statement: `GET /v1/environments/{name}`."""
         found = await self._one(
             f"SELECT {_ROW_COLUMNS} FROM environments "  # noqa: S608
-            "WHERE organization_id = ? AND device_id = ? ORDER BY listener_instance_id, seq "
-            "LIMIT 1",
+            "WHERE organization_id = ? AND (id = ? OR device_id = ?) "
+            "ORDER BY id = ? DESC, listener_instance_id, seq LIMIT 1",
             organization_id,
-            device_id,
+            name,
+            name,
+            name,
         )
         return _to_row(found) if found else None
 

@@ -102,7 +102,7 @@ async def test_a_connection_id_is_unknown_to_another_organization(store: Store) 
     assert issued is not None and (issued.row_id, issued.owner_user_id) == (row_id, "user-alice")
     assert await store.find_issued(STRANGER.organization_id, connection_id) is None
     assert await store.get(STRANGER.organization_id, row_id) is None
-    assert await store.get_by_device(STRANGER.organization_id, "dev-1") is None
+    assert await store.get_by_name(STRANGER.organization_id, "dev-1") is None
 
 
 @pytest.mark.parametrize(
@@ -164,11 +164,19 @@ async def test_a_device_lookup_returns_the_row_without_a_listener_instance_first
         await store.register(
             ALICE, request("dev-1", instance, connectionName=f"instance {instance}"), NOW
         )
-    found = await store.get_by_device("org-a", "dev-1")
+    found = await store.get_by_name("org-a", "dev-1")
     assert found is not None and found.connection_name == "instance a"  # by id, not by age
     await store.register(ALICE, request("dev-1", connectionName="no instance"), NOW)  # the newest
-    found = await store.get_by_device("org-a", "dev-1")
+    found = await store.get_by_name("org-a", "dev-1")
     assert found is not None and found.connection_name == "no instance"
+
+
+async def test_a_row_s_id_names_that_row_before_any_device_of_that_name(store: Store) -> None:
+    row_id, _ = await store.register(ALICE, request("dev-1", connectionName="by id"), NOW)
+    await store.register(BOB, request(row_id, connectionName="a device named so"), NOW)
+    found = await store.get_by_name("org-a", row_id)
+    assert found is not None and (found.id, found.connection_name) == (row_id, "by id")
+    assert await store.get_by_name(STRANGER.organization_id, row_id) is None
 
 
 async def test_registering_again_keeps_who_and_when_and_a_mode_not_sent(store: Store) -> None:
@@ -191,7 +199,7 @@ async def test_hostile_ids_and_filters_are_data_not_sql(store: Store) -> None:
     assert await page(store, user_id="' OR '1'='1") == []
     assert await page(store, user_id="%") == []
     assert await page(store) == [hostile, "dev-2"]
-    found = await store.get_by_device("org-a", hostile)
+    found = await store.get_by_name("org-a", hostile)
     assert found is not None and found.device_id == hostile
 
 

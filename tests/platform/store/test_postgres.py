@@ -32,7 +32,7 @@ async def test_pods_starting_together_create_the_schema_once(postgres_url: str) 
     stores = await asyncio.gather(*(open_store(postgres_url) for _ in range(6)))
     try:
         await stores[0].register(ALICE, RegisterRequest(device_id="d", connection_name="d"), NOW)
-        assert await stores[5].get_by_device("org-a", "d") is not None
+        assert await stores[5].get_by_name("org-a", "d") is not None
     finally:
         await asyncio.gather(*(store.close() for store in stores))
     connection = await asyncpg.connect(postgres_url)
