@@ -57,7 +57,7 @@ async def test_stopping_the_platform_leaves_no_ping_behind_its_rows_offline(
     await platform.server.stop()
     store = await open_store(settings.database)
     try:
-        row = await store.get_by_device("org-dev", "dev-1")
+        row = await store.get_by_name("org-dev", "dev-1")
     finally:
         await store.close()
     assert row is not None and row.connection_id is None
